@@ -1,0 +1,86 @@
+"""One-step sampling math shared by the bench and by distillation (one implementation, not two).
+
+SwiftBrush, SwiftBrush v2 and DMD2 all run the student once at the last training timestep
+(t = num_train_timesteps - 1 = 999) on pure noise and read the epsilon prediction as
+
+    x0 = (z - sqrt(1 - abar_999) * eps) / sqrt(abar_999)
+
+with abar taken from the scheduler config. abar_999 is about 0.0047, so eps errors are amplified
+14.6x: the coefficients are computed in float64 and applied in float32 or wider.
+"""
+
+import numpy as np
+import torch
+
+
+def alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
+    """The float64 cumulative alpha products of a diffusers scheduler config (DDPM-family betas)."""
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    config = {k: scheduler_config[k] for k in keys if scheduler_config.get(k) is not None}
+    betas = DDPMScheduler(**config).betas.double()
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def onestep_timestep(scheduler_config: dict) -> int:
+    return int(scheduler_config.get("num_train_timesteps", 1000)) - 1
+
+
+def x0_from_eps(noisy: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor | float) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t), computed in at least float32.
+
+    ``abar_t`` is a float or a per-sample tensor (broadcast over C, H, W).
+    """
+    dtype = torch.promote_types(noisy.dtype, torch.float32)
+    abar = torch.as_tensor(abar_t, dtype=torch.float64, device=noisy.device)
+    if abar.ndim == 1:
+        abar = abar.view(-1, *([1] * (noisy.ndim - 1)))
+    alpha, sigma = abar.sqrt().to(dtype), (1 - abar).sqrt().to(dtype)
+    return (noisy.to(dtype) - sigma * eps.to(dtype)) / alpha
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The generator seed of sample ``index``: a pure function of (seed, index), batch-independent."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def sample_noise(seed: int, indices, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise for the given sample indices, each drawn from its own CPU generator."""
+    noises = [torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, int(i)))) for i in indices]
+    return torch.stack(noises)
+
+
+def onestep_x0(unet, noise: torch.Tensor, text_embeddings: torch.Tensor, abar_t: float, timestep: int) -> torch.Tensor:
+    """The one-step student's x0: one UNet call at ``timestep`` on pure noise (gradients flow).
+
+    An 8-channel output (learned variance) keeps its first half, as the official SBv2 code does.
+    """
+    t = torch.full((noise.shape[0],), timestep, device=noise.device, dtype=torch.long)
+    eps = unet(noise, t, encoder_hidden_states=text_embeddings).sample
+    if eps.shape[1] == 2 * noise.shape[1]:
+        eps = eps[:, : noise.shape[1]]
+    return x0_from_eps(noise, eps, abar_t)
+
+
+@torch.no_grad()
+def denoise(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+            steps: int, guidance_scale: float) -> torch.Tensor:
+    """Multi-step sampling exactly as ``StableDiffusionPipeline`` runs it (eta = 0, cfg batched).
+
+    cond and uncond go through the UNet in one batch, uncond first, as diffusers does; guidance
+    applies when ``guidance_scale > 1``, diffusers' own rule.
+    """
+    do_cfg = guidance_scale > 1.0
+    scheduler.set_timesteps(steps, device=latents.device)
+    latents = latents * scheduler.init_noise_sigma
+    embeddings = torch.cat([uncond, cond]) if do_cfg else cond
+    for t in scheduler.timesteps:
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        eps = unet(model_input, t, encoder_hidden_states=embeddings).sample
+        if do_cfg:
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        latents = scheduler.step(eps, t, latents, return_dict=False)[0]
+    return latents
