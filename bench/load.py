@@ -1,0 +1,186 @@
+"""Load a ModelSpec into torch modules: HF id or local folder, UNet overrides, LoRA adapters.
+
+Accepted layouts (docs/architecture.md): a diffusers pipeline (``model_index.json``), a UNet
+folder (``config.json`` of a UNet2DConditionModel), a folder holding ``unet_ema/`` (SwiftBrush v2's
+release, ``distill.train``'s output), and a PEFT LoRA adapter (``adapter_config.json``) fused into its
+base UNet. Weights are read with safetensors only (``use_safetensors=True``); nothing is unpickled.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.errors import UserError
+from bench.registry import SD_TURBO, ModelSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    vae: torch.nn.Module
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+    sources: dict = field(default_factory=dict)  # component -> where it was loaded from
+    weight_hashes: dict = field(default_factory=dict)  # component -> sha256 over its weight files (local only)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        return (self.unet.config.in_channels, size, size)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_layout(location: str, base: str | None = None) -> tuple[str, str | None, str]:
+    """(unet location, unet subfolder, base location) for a source, following the accepted layouts."""
+    path = Path(location)
+    if not path.is_dir():
+        if path.exists() or location.startswith((".", "/", "~")) or location.count("/") > 1:
+            raise UserError(f"model folder {location!r} does not exist: pass NAME=PATH with an existing folder")
+        return location, "unet", base or location  # an HF id: a full pipeline repo
+    if (path / "model_index.json").exists():
+        return location, "unet", base or location
+    pointer = _read_json(path / "bench_base.json") or {}
+    default_base = base or pointer.get("base") or SD_TURBO
+    if (path / "unet_ema" / "config.json").exists():
+        return location, "unet_ema", default_base
+    config = _read_json(path / "config.json") or {}
+    if config.get("_class_name") == "UNet2DConditionModel":
+        return location, None, default_base
+    raise UserError(
+        f"{location!r} is neither a diffusers pipeline (model_index.json), a UNet folder (config.json) "
+        "nor a folder with unet_ema/: point NAME=PATH at one of these"
+    )
+
+
+def _loading(what: str, location: str, spec: ModelSpec):
+    """Turn a library failure into one line that names the model, the location and the fix."""
+
+    class _Guard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc is None or isinstance(exc, UserError):
+                return False
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc_type.__name__
+            hint = f"; {spec.hint}" if spec.hint else f"; pass {spec.name}=PATH with a local copy"
+            raise UserError(f"cannot load the {what} of model {spec.name!r} from {location!r} ({reason}){hint}") from exc
+
+    return _Guard()
+
+
+def fuse_lora(unet: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
+    """Fuse a PEFT LoRA adapter folder into ``unet``'s dense weights and drop the adapter."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(unet, adapter_dir).merge_and_unload()
+
+
+def load_unet(location: str, subfolder: str | None = None, dtype: torch.dtype = torch.float32):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(location, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True)
+
+
+def load_vae(location: str, dtype: torch.dtype = torch.float32):
+    import diffusers
+
+    config = _read_json(Path(location) / "vae" / "config.json") or {"_class_name": "AutoencoderKL"}
+    name = config.get("_class_name", "AutoencoderKL")
+    if name == "PixelAutoencoder":
+        from bench.demo.autoencoder import PixelAutoencoder as cls
+    elif name in ("AutoencoderKL", "AutoencoderTiny"):
+        cls = getattr(diffusers, name)
+    else:
+        raise UserError(f"{location}/vae: unsupported autoencoder class {name!r} (AutoencoderKL, AutoencoderTiny)")
+    return cls.from_pretrained(location, subfolder="vae", torch_dtype=dtype, use_safetensors=True)
+
+
+def load_scheduler_config(location: str) -> dict:
+    from diffusers import DDPMScheduler
+
+    return dict(DDPMScheduler.load_config(location, subfolder="scheduler"))
+
+
+def load_text(location: str, dtype: torch.dtype = torch.float32):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", torch_dtype=dtype,
+                                                 use_safetensors=True)
+    return tokenizer, text_encoder
+
+
+def weights_sha256(folder: str | Path) -> str | None:
+    """sha256 over the weight files of a local folder (names and bytes), None for a hub id."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
+    """Every module a sampler needs, frozen, in eval mode, on ``device``.
+
+    On a CPU the dtype is float32 whatever the spec says: half-precision convolutions there are slow
+    or unsupported.
+    """
+    if not spec.source:
+        raise UserError(f"model {spec.name!r} has no weights location: {spec.hint or f'pass {spec.name}=PATH'}")
+    device = torch.device(device)
+    torch_dtype = DTYPES[dtype or spec.dtype] if device.type != "cpu" else torch.float32
+    with _loading("folder", spec.source, spec):
+        unet_location, unet_subfolder, base = resolve_layout(spec.source, spec.base)
+    sources = {"unet": f"{unet_location}/{unet_subfolder}" if unet_subfolder else unet_location, "base": base}
+
+    with _loading("UNet", unet_location, spec):
+        unet = load_unet(unet_location, unet_subfolder, dtype=torch.float32)
+        if spec.unet:  # a UNet folder replacing the source's, or a LoRA adapter fused into it
+            if (Path(spec.unet) / "adapter_config.json").exists():
+                unet = fuse_lora(unet, spec.unet)
+            else:
+                unet = load_unet(spec.unet, dtype=torch.float32)
+            sources["unet"] = spec.unet
+    with _loading("text encoder and tokenizer", base, spec):
+        tokenizer, text_encoder = load_text(base)
+    with _loading("VAE", base, spec):
+        vae = load_vae(base)
+    with _loading("scheduler", base, spec):
+        scheduler_config = load_scheduler_config(base)
+
+    for module in (unet, text_encoder, vae):
+        module.requires_grad_(False).eval().to(device=device, dtype=torch_dtype)
+    hashes = {name: weights_sha256(where) for name, where in
+              [("unet", spec.unet or (Path(unet_location) / (unet_subfolder or ""))), ("base", base)]}
+    return LoadedModel(spec, unet, text_encoder, tokenizer, vae, scheduler_config, device, torch_dtype, sources,
+                       {k: v for k, v in hashes.items() if v})
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """SD 2.x conditioning: the text encoder's last hidden state over 77 padded tokens, no attention mask."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]

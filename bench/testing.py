@@ -1,0 +1,69 @@
+"""Tiny random models in the real classes, saved with ``save_pretrained`` so that the registry loads
+them as folders exactly like real weights. Configs from diffusers' own SD 2 fast tests
+(``reference/distill.md`` section 2.3), with the real CLIP tokenizer (49,408 ids)."""
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.tokenizer import write_clip_tokenizer
+
+TINY_UNET = dict(
+    block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True,
+)
+TINY_VAE = dict(
+    block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+)
+TINY_TEXT = dict(
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=0, hidden_size=32, intermediate_size=37,
+    layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=49408, hidden_act="gelu",
+    projection_dim=32,
+)
+TINY_TAESD = dict(
+    in_channels=3, out_channels=3, encoder_block_out_channels=[32, 32], decoder_block_out_channels=[32, 32],
+    num_encoder_blocks=[1, 1], num_decoder_blocks=[1, 1],
+)
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                    clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def tiny_unet(seed: int = 0):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**TINY_UNET)
+
+
+def make_tiny_pipeline(path: str | Path, seed: int = 0, scheduler: str = "DDIMScheduler") -> Path:
+    """Write a tiny SD-2-style pipeline folder (32 px latents at 16, images at 32 px) and return its path."""
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    unet = tiny_unet(seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**TINY_VAE)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = write_clip_tokenizer(scratch)
+    pipeline = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=getattr(diffusers, scheduler)(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def make_tiny_taesd(path: str | Path, seed: int = 0) -> Path:
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    AutoencoderTiny(**TINY_TAESD).save_pretrained(path, safe_serialization=True)
+    return Path(path)
