@@ -61,12 +61,12 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _read_json(path: Path, what: str, fix: str):
+def _read(path: Path, what: str, fix: str, parse: Callable[[str], object] = str):
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        return parse(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found; {fix}") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError) as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{what} {path} is unreadable ({_one_line(error)}); {fix}") from None
 
 
@@ -110,7 +110,7 @@ def coco_captions(annotation_file: str | Path, n: int = 30000, preset: str = "sb
     """
     _check_preset(preset, ("sbv2", "random"))
     fix = "pass --coco DIR holding annotations/captions_val2014.json, or --captions FILE"
-    data = _read_json(Path(annotation_file), "COCO annotation file", fix)
+    data = _read(Path(annotation_file), "COCO annotation file", fix, json.loads)
     try:
         captions = {image["id"]: [] for image in data["images"]}  # dicts keep the file order
         names = {image["id"]: image["file_name"] for image in data["images"]}
@@ -140,20 +140,14 @@ def load_caption_file(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     fix = "pass --captions FILE with one caption per line or SwiftBrush v2's dataset.json"
     if path.suffix.lower() == ".json":
-        labels = _read_json(path, "caption file", fix)
+        labels = _read(path, "caption file", fix, json.loads)
         labels = labels.get("labels") if isinstance(labels, dict) else None
         if not isinstance(labels, list) or not all(
                 isinstance(x, list) and len(x) == 2 and all(isinstance(s, str) for s in x) for x in labels):
             raise UserError(f"caption file {path} is not {{\"labels\": [[name, caption], ...]}}; {fix}")
         entries = [(name, caption) for name, caption in labels]
     else:
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise UserError(f"caption file {path} not found; {fix}") from None
-        except (OSError, ValueError) as error:
-            raise UserError(f"caption file {path} is unreadable ({_one_line(error)}); {fix}") from None
-        lines = text.split("\n")
+        lines = _read(path, "caption file", fix).split("\n")
         if lines[-1] == "":
             lines.pop()
         entries = []
@@ -170,12 +164,12 @@ def load_caption_file(path: str | Path) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------------------------------ images
 def center_crop_resize(img: Image.Image, size: int = 256) -> Image.Image:
     """RGB, centre square of side min(w, h) (BigGAN ``CenterCropLongEdge`` = torchvision ``center_crop``, whose
-    offset is ``int(round((w - s) / 2))``), then PIL LANCZOS to ``size`` x ``size``."""
+    offset is ``int(round((w - s) / 2.0))``), then PIL LANCZOS to ``size`` x ``size``."""
     if img.mode != "RGB":
         img = img.convert("RGB")  # L, P, RGBA (alpha dropped, like clean-fid's .convert("RGB")), CMYK
     w, h = img.size
     s = min(w, h)
-    left, top = int(round((w - s) / 2.0)), int(round((h - s) / 2.0))
+    left, top = round((w - s) / 2), round((h - s) / 2)  # Python round: half to even, like torchvision
     return img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.LANCZOS)
 
 
@@ -228,11 +222,10 @@ def coco_reference(source: str | Path, resolution: int = 256) -> ReferenceSet:
 
         def load(member: tuple[str, int, str]) -> np.ndarray:
             if archive is None:
-                data = Path(member[2]).read_bytes()
-            else:
-                with lock:
-                    data = archive.read(member[2])
-            return _decode(member[2], data, resolution)
+                return _decode(member[2], Path(member[2]).read_bytes(), resolution)
+            with lock:  # one reader at a time on the shared zip file; decoding runs in parallel
+                data = archive.read(member[2])
+            return _decode(f"{source}:{member[2]}", data, resolution)
 
         try:
             with ThreadPoolExecutor() as pool:
