@@ -156,22 +156,22 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
     sources = {"unet": f"{unet_location}/{unet_subfolder}" if unet_subfolder else unet_location, "base": base}
 
     with _loading("UNet", unet_location, spec):
-        unet = load_unet(unet_location, unet_subfolder, dtype=torch.float32)
-        if spec.unet:  # a UNet folder replacing the source's, or a LoRA adapter fused into it
-            if (Path(spec.unet) / "adapter_config.json").exists():
-                unet = fuse_lora(unet, spec.unet)
-            else:
-                unet = load_unet(spec.unet, dtype=torch.float32)
+        if spec.unet and (Path(spec.unet) / "adapter_config.json").exists():
+            # Fused in float32, then cast: the LoRA delta is small beside the base weights.
+            unet = fuse_lora(load_unet(unet_location, unet_subfolder), spec.unet).to(torch_dtype)
+        else:
+            unet = load_unet(spec.unet or unet_location, None if spec.unet else unet_subfolder, dtype=torch_dtype)
+        if spec.unet:
             sources["unet"] = spec.unet
     with _loading("text encoder and tokenizer", base, spec):
-        tokenizer, text_encoder = load_text(base)
+        tokenizer, text_encoder = load_text(base, torch_dtype)
     with _loading("VAE", base, spec):
-        vae = load_vae(base)
+        vae = load_vae(base, torch_dtype)
     with _loading("scheduler", base, spec):
         scheduler_config = load_scheduler_config(base)
 
     for module in (unet, text_encoder, vae):
-        module.requires_grad_(False).eval().to(device=device, dtype=torch_dtype)
+        module.requires_grad_(False).eval().to(device)
     hashes = {name: weights_sha256(where) for name, where in
               [("unet", spec.unet or (Path(unet_location) / (unet_subfolder or ""))), ("base", base)]}
     return LoadedModel(spec, unet, text_encoder, tokenizer, vae, scheduler_config, device, torch_dtype, sources,

