@@ -4,6 +4,9 @@ Sample i is a pure function of (model, prompt i, seed, i): its noise comes from 
 (``bench.sampling.sample_noise``), so batch size, resume and the number of GPUs change nothing.
 """
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -63,3 +66,65 @@ class Sampler:
     def __call__(self, prompts: list[str], indices) -> tuple[np.ndarray, np.ndarray]:
         images, finite = self.decode_images(self.latents(prompts, indices))
         return images.cpu().numpy(), finite.cpu().numpy()
+
+
+class FeaturePipeline:
+    """Generation on the calling thread; copy-out, resize, PNG hand-off and feature extraction on workers.
+
+    The GPU never waits for the CPU: each batch is copied into pinned memory without a sync, a CUDA
+    event marks when the copy is done, and a worker thread takes it from there (PIL releases the GIL in
+    decode and resize). At most ``max_inflight`` batches wait, which bounds host memory.
+    """
+
+    def __init__(self, sampler: Sampler, to_metric_images, extractors: dict, saver=None, workers: int = 4,
+                 max_inflight: int = 4):
+        self.sampler, self.to_metric_images, self.extractors, self.saver = sampler, to_metric_images, extractors, saver
+        self.pool = ThreadPoolExecutor(workers)
+        self.max_inflight = max_inflight
+        self.cuda = sampler.model.device.type == "cuda"
+
+    def _post(self, images: torch.Tensor, finite: torch.Tensor, indices, done_event) -> dict:
+        if done_event is not None:
+            done_event.synchronize()
+        images, finite = images.numpy(), finite.numpy()
+        if self.saver:
+            self.saver.submit(images, indices)
+        metric_images = self.to_metric_images(images)
+        return {"finite": finite, **{role: e.image_features(metric_images) for role, e in self.extractors.items()}}
+
+    def _hand_off(self, images: torch.Tensor, finite: torch.Tensor, indices):
+        if not self.cuda:
+            return self.pool.submit(self._post, images.cpu(), finite.cpu(), indices, None)
+        host = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
+        host_finite = torch.empty(finite.shape, dtype=finite.dtype, pin_memory=True)
+        host.copy_(images, non_blocking=True)
+        host_finite.copy_(finite, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return self.pool.submit(self._post, host, host_finite, indices, event)
+
+    def run(self, prompts: list[str], indices, batch_size: int, progress=None) -> dict[str, np.ndarray]:
+        """Features (per extractor role) and the finite mask of ``indices``, in order."""
+        futures, results = deque(), []
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start:start + batch_size]
+            with torch.no_grad():
+                images, finite = self.sampler.decode_images(self.sampler.latents(prompts[start:start + batch_size],
+                                                                                 batch))
+            futures.append((self._hand_off(images.contiguous(), finite, batch), len(batch)))
+            while len(futures) > self.max_inflight or (futures and futures[0][0].done()):
+                results.append(self._finish(futures.popleft(), progress))
+        while futures:
+            results.append(self._finish(futures.popleft(), progress))
+        return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+
+    @staticmethod
+    def _finish(item, progress) -> dict:
+        future, count = item
+        result = future.result()
+        if progress is not None:
+            progress(count)
+        return result
+
+    def close(self) -> None:
+        self.pool.shutdown()

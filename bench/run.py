@@ -17,7 +17,7 @@ import numpy as np
 from bench import report
 from bench.errors import UserError, exit_on_user_error
 from bench.registry import MODELS, resolve
-from bench.store import SampleStore, atomic_write_text
+from bench.store import SampleStore, atomic_write_bytes, atomic_write_text
 
 EPILOG = """examples:
   python -m bench.run --suite demo
@@ -136,7 +136,7 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
     """Make this process's missing shards (and the grid on the main process); returns timings."""
     from tqdm import tqdm
 
-    from bench.generate import Sampler
+    from bench.generate import FeaturePipeline, Sampler
     from bench.load import load_model
 
     grid_path = store.root / "grid.npz"
@@ -149,24 +149,17 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
     sampler = Sampler(model, seed=args.seed, compile=args.compile)
     timings["load_s"] = time.perf_counter() - start
     saver = report.PngWriter(store.root / "images") if args.save_images else None
+    pipeline = FeaturePipeline(sampler, protocol.to_metric_images, extractors, saver)
     start = time.perf_counter()
     total = sum(len(store.shard_indices(s)) for s in pending)
     with tqdm(total=total, unit="img", desc=spec.name, disable=total == 0, file=sys.stderr) as bar:
         for shard in pending:
             indices = store.shard_indices(shard)
-            parts = {role: [] for role in extractors} | {"finite": []}
-            for i in range(0, len(indices), args.batch_size):
-                batch = indices[i:i + args.batch_size]
-                images, finite = sampler([protocol.captions[j] for j in batch], batch)
-                if saver:
-                    saver.submit(images, batch)
-                metric_images = protocol.to_metric_images(images)
-                for role, extractor in extractors.items():
-                    parts[role].append(extractor.image_features(metric_images))
-                parts["finite"].append(finite)
-                bar.update(len(batch))
-            store.write_shard(shard, {"indices": indices, "finite": np.concatenate(parts.pop("finite")),
-                                      **{f"features_{role}": np.concatenate(v) for role, v in parts.items()}})
+            arrays = pipeline.run([protocol.captions[j] for j in indices], indices, args.batch_size, bar.update)
+            finite = arrays.pop("finite")
+            store.write_shard(shard, {"indices": indices, "finite": finite,
+                                      **{f"features_{role}": v for role, v in arrays.items()}})
+    pipeline.close()
     timings["generate_and_features_s"] = time.perf_counter() - start
     timings["samples"] = total
     if saver:
@@ -174,11 +167,11 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
     if need_grid:
         indices = grid_indices(store.n, args.grid)
         images, _ = sampler([protocol.captions[j] for j in indices], indices)
-        np.savez(grid_path, images=images, indices=np.array(indices))
+        atomic_write_bytes(grid_path, lambda f: np.savez(f, images=images, indices=np.array(indices)))
     return timings
 
 
-def evaluate(store: SampleStore, reference: dict, text_features: np.ndarray, args) -> dict:
+def evaluate(store: SampleStore, reference: dict, text_features: np.ndarray, args, device: str = "cpu") -> dict:
     """Metrics from the store alone: FID, KID, precision/recall and CLIP score on the finite samples."""
     from bench.metrics.clipscore import clip_scores
     from bench.metrics.fid import fid_from_features
@@ -193,7 +186,7 @@ def evaluate(store: SampleStore, reference: dict, text_features: np.ndarray, arg
                         f"--max-nonfinite {args.max_nonfinite}): check the model's dtype (try --dtype float32)")
     gen = {role: data[key][finite] for key in data if key.startswith("features_") for role in [key[9:]]}
     pr_role = "pr" if "pr" in gen else "fid"
-    precision, recall = precision_recall(reference[pr_role], gen[pr_role], k=3)
+    precision, recall = precision_recall(reference[pr_role], gen[pr_role], k=3, device=device)
     kid_mean, kid_std = kid_from_features(reference["fid"], gen["fid"], seed=0)
     scores = clip_scores(gen["clip"], text_features[data["indices"][finite]])
     np.save(store.root / "clip_scores.npy", scores)
@@ -264,7 +257,7 @@ def run(args) -> None:
     results = {}
     for spec in specs:
         start = time.perf_counter()
-        metrics = evaluate(stores[spec.name], reference, text_features, args)
+        metrics = evaluate(stores[spec.name], reference, text_features, args, device)
         metrics["metrics_s"] = time.perf_counter() - start
         results[spec.name] = metrics
         atomic_write_text(out / spec.name / "metrics.json", json.dumps(
