@@ -141,6 +141,19 @@ def weights_sha256(folder: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+def load_spec_unet(spec: ModelSpec, dtype: torch.dtype = torch.float32, unet_location: str | None = None,
+                   unet_subfolder: str | None = None):
+    """The UNet a spec names (its source's, a replacement folder, or the source's with a LoRA fused)."""
+    if unet_location is None:
+        with _loading("folder", spec.source, spec):
+            unet_location, unet_subfolder, _ = resolve_layout(spec.source, spec.base)
+    with _loading("UNet", spec.unet or unet_location, spec):
+        if spec.unet and (Path(spec.unet) / "adapter_config.json").exists():
+            # Fused in float32, then cast: the LoRA delta is small beside the base weights.
+            return fuse_lora(load_unet(unet_location, unet_subfolder), spec.unet).to(dtype)
+        return load_unet(spec.unet or unet_location, None if spec.unet else unet_subfolder, dtype=dtype)
+
+
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
     """Every module a sampler needs, frozen, in eval mode, on ``device``.
 
@@ -155,14 +168,9 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
         unet_location, unet_subfolder, base = resolve_layout(spec.source, spec.base)
     sources = {"unet": f"{unet_location}/{unet_subfolder}" if unet_subfolder else unet_location, "base": base}
 
-    with _loading("UNet", unet_location, spec):
-        if spec.unet and (Path(spec.unet) / "adapter_config.json").exists():
-            # Fused in float32, then cast: the LoRA delta is small beside the base weights.
-            unet = fuse_lora(load_unet(unet_location, unet_subfolder), spec.unet).to(torch_dtype)
-        else:
-            unet = load_unet(spec.unet or unet_location, None if spec.unet else unet_subfolder, dtype=torch_dtype)
-        if spec.unet:
-            sources["unet"] = spec.unet
+    unet = load_spec_unet(spec, torch_dtype, unet_location, unet_subfolder)
+    if spec.unet:
+        sources["unet"] = spec.unet
     with _loading("text encoder and tokenizer", base, spec):
         tokenizer, text_encoder = load_text(base, torch_dtype)
     with _loading("VAE", base, spec):

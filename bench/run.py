@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -96,8 +97,8 @@ def build_extractor(name: str, **options):
     return features.build_extractor(name, **options)
 
 
-def setup_suite(args):
-    """(protocol, registry, default model names, extractor settings, run folder) for the chosen suite."""
+def setup_suite(args) -> SimpleNamespace:
+    """The protocol, model registry, default models, extractor settings, run folder and report path."""
     if args.suite == "demo":
         from bench.demo.suite import setup_demo
 
@@ -109,15 +110,17 @@ def setup_suite(args):
                         "the reference images; for the offline demo use --suite demo")
     protocol = coco_protocol(args.coco, captions_file=args.captions, preset=args.preset, n=args.n or 30000,
                              seed=args.caption_seed)
-    extractor_options = {
+    extractors = {
         "fid": (args.fid_features or "inception", {"weights": args.inception_weights}),
         "clip": (args.clip_features or "clip", {"weights": args.clip_weights, "model": args.clip_model,
                                                 "pretrained": args.clip_pretrained}),
     }
     if args.pr_features == "adm":
-        extractor_options["pr"] = ("inception-adm", {"weights": args.inception_weights})
-    defaults = ["sdturbo", "swiftbrush", "merged"]
-    return protocol, dict(MODELS), defaults, extractor_options, Path(args.out or "results/coco")
+        extractors["pr"] = ("inception-adm", {"weights": args.inception_weights})
+    out = Path(args.out or "results/coco")
+    return SimpleNamespace(protocol=protocol, registry=dict(MODELS), defaults=["sdturbo", "swiftbrush", "merged"],
+                           extractors=extractors, out=out, report=Path(args.report or f"reports/{out.name}.md"),
+                           notes="")
 
 
 def make_extractors(extractor_options: dict, device: str) -> dict:
@@ -132,7 +135,8 @@ def grid_indices(n: int, count: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, count).round().astype(int).tolist())) if count else []
 
 
-def generate(spec, protocol, store: SampleStore, extractors: dict, args, device: str, rank: int, world: int) -> dict:
+def generate(spec, protocol, store: SampleStore, extractors: dict, args, device: str, rank: int, world: int,
+             loader=None) -> dict:
     """Make this process's missing shards (and the grid on the main process); returns timings."""
     from tqdm import tqdm
 
@@ -145,7 +149,7 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
     if not pending and not need_grid:
         return {}
     timings, start = {}, time.perf_counter()
-    model = load_model(spec, device=device, dtype=args.dtype)
+    model = loader() if loader else load_model(spec, device=device, dtype=args.dtype)
     sampler = Sampler(model, seed=args.seed, compile=args.compile)
     timings["load_s"] = time.perf_counter() - start
     saver = report.PngWriter(store.root / "images") if args.save_images else None
@@ -209,31 +213,36 @@ def main(argv=None) -> None:
         run(args)
 
 
-def run(args) -> None:
+def start(args):
+    """Validate the options, then (accelerate state, device, suite) for this process."""
     from accelerate import PartialState
-
-    from bench import features
 
     check_args(args)
     state = PartialState()
-    rank, world = state.process_index, state.num_processes
     device = pick_device(args.device)
-    if device == "cuda" and world > 1:
+    if device == "cuda" and state.num_processes > 1:
         device = str(state.device)
-    protocol, registry, defaults, extractor_options, out = setup_suite(args)
-    names = [m.strip() for m in (args.models.split(",") if args.models else defaults) if m.strip()]
-    if not names:
-        raise UserError("--models is empty: name at least one model")
-    specs = [resolve(name, registry) for name in names]
-    n = len(protocol.captions)
+    return state, device, setup_suite(args)
+
+
+def run_models(args, suite, models: list, state, device: str):
+    """Generate (resumably, sharded over processes) and evaluate ``models``: (spec, loader, provenance) triples.
+
+    ``loader`` (None: ``load_model(spec)``) builds the LoadedModel, e.g. a merge made in memory; ``provenance``
+    joins the store's fingerprint. Returns (results, stores, timings, extractor ids) on the main process, else None.
+    """
+    from bench import features
+
+    rank, world = state.process_index, state.num_processes
+    protocol, out = suite.protocol, suite.out
     shard_size = args.shard_size or (200 if args.suite == "demo" else 1000)
-    extractors = make_extractors(extractor_options, device)
+    extractors = make_extractors(suite.extractors, device)
     extractor_ids = {role: e.id for role, e in extractors.items()}
     stores = {
-        spec.name: SampleStore(out / spec.name, n, shard_size, {
-            "model": spec.to_dict(), "protocol": protocol.hash(), "seed": args.seed, "extractors": extractor_ids,
-            "dtype": args.dtype})
-        for spec in specs
+        spec.name: SampleStore(out / spec.name, len(protocol.captions), shard_size, {
+            "model": spec.to_dict(), "provenance": provenance, "protocol": protocol.hash(), "seed": args.seed,
+            "extractors": extractor_ids, "dtype": args.dtype})
+        for spec, _, provenance in models
     }
     timings = {}
     if rank == 0:
@@ -241,30 +250,46 @@ def run(args) -> None:
             store.claim()
     state.wait_for_everyone()
     if not args.metrics_only:
-        for spec in specs:
-            timings[spec.name] = generate(spec, protocol, stores[spec.name], extractors, args, device, rank, world)
+        for spec, loader, _ in models:
+            timings[spec.name] = generate(spec, protocol, stores[spec.name], extractors, args, device, rank, world,
+                                          loader)
     state.wait_for_everyone()
     if rank != 0:
-        return
+        return None
 
-    start = time.perf_counter()
+    begin = time.perf_counter()
     cache = Path(args.cache_dir)
     reference = {role: features.reference_features(protocol.reference, e, cache) for role, e in extractors.items()
                  if role != "clip"}
     texts = [protocol.clip_prefix + c for c in protocol.captions]
     text_features = features.text_features_cached(texts, extractors["clip"], cache)
-    timings["reference_and_text_features_s"] = time.perf_counter() - start
+    timings["reference_and_text_features_s"] = time.perf_counter() - begin
     results = {}
-    for spec in specs:
-        start = time.perf_counter()
+    for spec, _, provenance in models:
+        begin = time.perf_counter()
         metrics = evaluate(stores[spec.name], reference, text_features, args, device)
-        metrics["metrics_s"] = time.perf_counter() - start
+        metrics["metrics_s"] = time.perf_counter() - begin
         results[spec.name] = metrics
         atomic_write_text(out / spec.name / "metrics.json", json.dumps(
-            {"model": spec.to_dict(), "protocol": protocol.name, "metrics": metrics}, indent=1))
-    manifest = report.manifest(args, protocol, specs, stores, extractor_ids, timings, device, world)
-    report.write_all(out, Path(args.report) if args.report else Path("reports") / f"{out.name}.md",
-                     protocol, specs, results, stores, manifest, suite=args.suite)
+            {"model": spec.to_dict(), "provenance": provenance, "protocol": protocol.name, "metrics": metrics},
+            indent=1))
+    return results, stores, timings, extractor_ids
+
+
+def run(args) -> None:
+    state, device, suite = start(args)
+    names = [m.strip() for m in (args.models.split(",") if args.models else suite.defaults) if m.strip()]
+    if not names:
+        raise UserError("--models is empty: name at least one model")
+    specs = [resolve(name, suite.registry) for name in names]
+    done = run_models(args, suite, [(spec, None, {}) for spec in specs], state, device)
+    if done is None:
+        return
+    results, stores, timings, extractor_ids = done
+    manifest = report.manifest(args, suite.protocol, specs, stores, extractor_ids, timings, device,
+                               state.num_processes)
+    report.write_all(suite.out, suite.report, suite.protocol, specs, results, stores, manifest, suite=args.suite,
+                     notes=suite.notes)
     print(report.table(specs, results).to_string(index=False))
 
 
