@@ -1,0 +1,181 @@
+"""End to end on tiny models (CPU): `python -m distill.train` in both schemes, exact resume, the output folder
+in the bench loader, bad options, and `python -m distill.probe --tiny`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bench.load import encode_prompts, load_model
+from bench.registry import ModelSpec
+from bench.sampling import alphas_cumprod, onestep_timestep, onestep_x0, sample_noise
+from bench.testing import make_tiny_pipeline, make_tiny_taesd
+from distill import probe, train
+from distill.probe import write_tiny_open_clip
+from distill.utils import write_real_pairs
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on a shared 2-core machine can be 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill-world")
+    prompts = root / "prompts.txt"
+    prompts.write_text("a red bus\na cat on a sofa\ntwo dogs\na red bus\nan empty street\na bowl of fruit\n")
+    (root / "pairs").mkdir()
+    torch.manual_seed(0)  # (noise, x0) pairs for DMD's regression loss: 3 of them, in the student's latent shape
+    write_real_pairs(root / "pairs" / "part-0.safetensors", torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16) * 0.5,
+                     ["a red bus", "two dogs", "a green field"])
+    return SimpleNamespace(root=root, pipeline=make_tiny_pipeline(root / "pipeline"), prompts=prompts,
+                           taesd=make_tiny_taesd(root / "taesd"), clip=write_tiny_open_clip(root / "clip"),
+                           pairs=root / "pairs")
+
+
+def _args(world, out, scheme, *extra) -> list[str]:
+    return ["--prompts", str(world.prompts), "--teacher", str(world.pipeline), "--student-init", str(world.pipeline),
+            "--scheme", scheme, "--out", str(out), "--batch-size", "2", "--max-steps", "2", "--device", "cpu",
+            "--report-to", "none", "--sample-every", "0", "--checkpoint-every", "0", "--taesd", str(world.taesd),
+            "--clip-model", world.clip, "--cache-dir", str(world.root / "cache"), "--ema-decay", "0.9",
+            "--lr", "1e-4", *extra]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _assert_same_checkpoint(a: Path, b: Path) -> None:
+    for name in ("student.safetensors", "student_ema.safetensors", "fake.safetensors"):
+        assert _same(load_file(a / name), load_file(b / name)), name
+    optimizers = [torch.load(folder / "optimizers.pt", weights_only=True) for folder in (a, b)]
+    assert _same(*optimizers)
+    assert json.loads((a / "state.json").read_text()) == json.loads((b / "state.json").read_text())
+
+
+def _one_step_image(out: Path) -> torch.Tensor:
+    model = load_model(ModelSpec("student", str(out)))
+    t = onestep_timestep(model.scheduler_config)
+    abar = float(alphas_cumprod(model.scheduler_config)[t])
+    with torch.no_grad():
+        embeddings = encode_prompts(model.tokenizer, model.text_encoder, ["a red bus"])
+        x0 = onestep_x0(model.unet, sample_noise(0, [0], model.latent_shape), embeddings, abar, t)
+        return model.vae.decode(x0 / model.vae.config.scaling_factor).sample
+
+
+def test_full_scheme_cli_exports_and_resumes_exactly(world, tmp_path):
+    # Straight: 2 steps in a subprocess, with sample grids and TensorBoard on (they must not perturb training);
+    # the DMD2 options and the real-data regression on, so that their state resumes exactly too.
+    straight = tmp_path / "straight"
+    dmd2 = ("--fake", "full", "--fake-updates", "2", "--normalize-grad", "--fake-cfg", "1", "--real-data",
+            str(world.pairs), "--real-data-batch", "1")
+    command = [sys.executable, "-m", "distill.train", *_args(world, straight, "full", *dmd2, "--sample-every", "1",
+                                                               "--report-to", "tensorboard", "--num-samples", "2")]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["step"] == 2
+    assert "loss/regression=" in run.stderr
+    # Split: 1 step, stop with a checkpoint, resume the latest for the second.
+    split = tmp_path / "split"
+    train.main(_args(world, split, "full", *dmd2, "--stop-at", "1"))
+    assert [p.name for p in (split / "checkpoints").iterdir()] == ["checkpoint-1"]
+    assert not (split / "unet_ema").exists()
+    train.main(_args(world, split, "full", *dmd2, "--resume", "latest"))
+    _assert_same_checkpoint(straight / "checkpoints" / "checkpoint-2", split / "checkpoints" / "checkpoint-2")
+    moved = load_file(split / "checkpoints" / "checkpoint-2" / "student.safetensors")
+    before = load_file(split / "checkpoints" / "checkpoint-1" / "student.safetensors")
+    assert any(not torch.equal(moved[k], before[k]) for k in moved)  # training did something
+
+    # The layout: unet_ema/ + unet/ + bench_base.json, checkpoints with their config, samples, TensorBoard.
+    saved = json.loads((straight / "checkpoints" / "checkpoint-2" / "config.json").read_text())
+    assert saved["scheme"] == "full" and saved["lr"] == 1e-4
+    assert json.loads((straight / "bench_base.json").read_text())["base"] == str(world.pipeline.resolve())
+    assert (straight / "unet_ema" / "diffusion_pytorch_model.safetensors").exists()
+    assert sorted(p.name for p in (straight / "samples").iterdir()) == ["step-0000000.png", "step-0000001.png",
+                                                                       "step-0000002.png"]
+    assert list((straight / "logs").rglob("events.out.tfevents.*"))
+    ema = load_file(straight / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    shadow = load_file(straight / "checkpoints" / "checkpoint-2" / "student_ema.safetensors")
+    assert all(torch.equal(ema[k], shadow[k]) for k in shadow)  # unet_ema/ holds the EMA weights
+    image = _one_step_image(straight)
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_lora_scheme_with_clip_loss_resumes_exactly_and_exports_fused(world, tmp_path):
+    unet_only = world.pipeline / "unet"  # a bare UNet folder as the init: its base defaults to the teacher
+    straight = tmp_path / "straight"
+    summary = train.main(_args(world, straight, "lora", "--student-init", str(unet_only), "--student-rank", "4",
+                               "--student-alpha", "8", "--fake-rank", "4", "--fake-alpha", "8"))
+    assert summary["step"] == 2
+    split = tmp_path / "split"
+    common = ("--student-init", str(unet_only), "--student-rank", "4", "--student-alpha", "8", "--fake-rank", "4",
+              "--fake-alpha", "8")
+    train.main(_args(world, split, "lora", *common, "--stop-at", "1"))
+    with pytest.raises(SystemExit) as code:  # a resume with other settings is refused
+        train.main(_args(world, split, "lora", *common, "--resume", "latest", "--teacher-cfg", "2"))
+    assert code.value.code == 2
+    train.main(_args(world, split, "lora", *common, "--resume", "latest"))
+    _assert_same_checkpoint(straight / "checkpoints" / "checkpoint-2", split / "checkpoints" / "checkpoint-2")
+    lora = load_file(straight / "checkpoints" / "checkpoint-2" / "student.safetensors")
+    assert lora and all("lora_" in k for k in lora)  # only the adapter trains
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
+
+    # Fused UNet folders and the PEFT adapters; the bench loads <out> and the adapter over its base alike.
+    assert (straight / "unet_ema_lora" / "adapter_config.json").exists()
+    fused = load_file(straight / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    assert not any("lora" in k for k in fused)
+    image = _one_step_image(straight)
+    assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
+    via_adapter = load_model(ModelSpec("adapter", str(world.pipeline), unet=str(straight / "unet_ema_lora")))
+    assert all(torch.equal(v, fused[k]) for k, v in via_adapter.unet.state_dict().items())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--prompts", "missing.txt"), "--prompts 'missing.txt' does not exist"),
+    (("--lr", "0"), "--lr and --fake-lr must be > 0"),
+    (("--fake-warmup-steps", "5"), "--fake-warmup-steps must be below --max-steps"),
+    (("--stop-at", "3"), "--stop-at must be in [1, --max-steps]"),
+    (("--resume", "nowhere"), "no such checkpoint folder"),
+    (("--teacher", "no-org/no-such-model"), "cannot load the teacher from 'no-org/no-such-model'"),
+    (("--student-init", "no-org/no-such-model"), "pass --student-init with a local folder"),
+])
+def test_bad_options_are_one_line_errors_with_exit_2(world, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as code:
+        train.main(_args(world, tmp_path / "out", "full", *extra))
+    assert code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars of loads that worked
+    assert err.startswith("distill.train: error:") and message in err
+
+
+def test_dry_run_prints_resolved_scheme_defaults(world, tmp_path, capsys):
+    train.main(["--prompts", str(world.prompts), "--scheme", "lora", "--out", str(tmp_path), "--dry-run"])
+    config = json.loads(capsys.readouterr().out)
+    assert config["lr"] == 1e-5 and config["clip_weight"] == 0.1 and config["fake_lr"] == 1e-3
+
+
+def test_probe_tiny_prints_seconds_per_step(world, capsys):
+    results = probe.main(["--tiny", "--steps", "2", "--batch-size", "1", "--pipeline", str(world.pipeline)])
+    out = capsys.readouterr().out
+    assert "full:" in out and "lora:" in out and "s/step" in out
+    assert all(r["seconds_per_step"] > 0 for r in results)
