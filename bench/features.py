@@ -373,6 +373,7 @@ def inception_adm_extractor(**options) -> InceptionExtractor:
 CLIP_MODEL = "ViT-g-14"
 CLIP_PRETRAINED = "laion2b_s12b_b42k"
 CLIP_PREFIX = "A photo depicts "
+CLIP_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # open_clip applies a tag's preprocessing only when `pretrained` is the tag; we pass a file, so we pass these too.
 _TAG_PREPROCESS = {
     "image_mean": "mean",
@@ -474,6 +475,8 @@ class ClipExtractor(TextImageExtractor):
         device: torch device, ``"cpu"`` by default.
         batch_size: images or texts per forward.
         allow_tf32: allow TF32 on CUDA (off by default; recorded in ``id``).
+        precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"``: the dtype of the weights and the image input
+            (features are returned as float32 whatever it is); a precision other than fp32 is recorded in ``id``.
     """
 
     def __init__(
@@ -484,6 +487,7 @@ class ClipExtractor(TextImageExtractor):
         device: str = "cpu",
         batch_size: int = 64,
         allow_tf32: bool = False,
+        precision: str = "fp32",
     ):
         import open_clip
 
@@ -503,7 +507,7 @@ class ClipExtractor(TextImageExtractor):
         except Exception as error:
             raise _missing_clip(model, tag, f"at {path} could not be loaded ({_first_line(error)})") from None
         weights_id = f"open_clip-{open_clip.__version__}/{model}/{tag or 'file'}/sha256={file_sha256(path)}"
-        self._setup(clip, preprocess, tokenizer, weights_id, device, batch_size, allow_tf32)
+        self._setup(clip, preprocess, tokenizer, weights_id, device, batch_size, allow_tf32, precision)
 
     @classmethod
     def from_components(
@@ -515,6 +519,7 @@ class ClipExtractor(TextImageExtractor):
         device: str = "cpu",
         batch_size: int = 64,
         allow_tf32: bool = False,
+        precision: str = "fp32",
     ) -> "ClipExtractor":
         """Wrap an already-built open_clip ``(model, preprocess, tokenizer)`` (tests, the demo world).
 
@@ -527,23 +532,27 @@ class ClipExtractor(TextImageExtractor):
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
             id = f"open_clip/{type(model).__name__}/state_dict-sha256={digest.hexdigest()}"
         self = cls.__new__(cls)
-        self._setup(model, preprocess, tokenizer, id, device, batch_size, allow_tf32)
+        self._setup(model, preprocess, tokenizer, id, device, batch_size, allow_tf32, precision)
         return self
 
-    def _setup(self, model, preprocess, tokenizer, weights_id, device, batch_size, allow_tf32) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).float().eval()
+    def _setup(self, model, preprocess, tokenizer, weights_id, device, batch_size, allow_tf32, precision) -> None:
+        if precision not in CLIP_PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(CLIP_PRECISIONS)}, got {precision!r}")
+        self.device, self.dtype, self.precision = torch.device(device), CLIP_PRECISIONS[precision], precision
+        self.model = model.to(self.device, self.dtype).eval()
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.batch_size, self.allow_tf32 = batch_size, allow_tf32
         transform = _sha256_text(repr(preprocess))[:16]
         self.id = f"clip/{weights_id}/preprocess-sha256={transform}/tf32={int(allow_tf32)}"
+        if precision != "fp32":  # fp32 ids stay as they were, so existing caches remain valid
+            self.id += f"/precision={precision}"
 
     def image_features(self, images: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         def encode(batch):
             return self.model.encode_image(
-                torch.stack([self.preprocess(Image.fromarray(im)) for im in batch]).to(self.device)
+                torch.stack([self.preprocess(Image.fromarray(im)) for im in batch]).to(self.device, self.dtype)
             )
 
         return _forward_batches(_check_images(images), self.batch_size, encode, self.allow_tf32)
