@@ -31,8 +31,8 @@ class Sampler:
         self.unet, self.decode = model.unet, model.vae.decode
         if compile:
             # The first batch pays the compile (tens of seconds on SD 2.1); shapes are static afterwards.
-            self.unet = torch.compile(model.unet)
-            self.decode = torch.compile(model.vae.decode)
+            self.unet = torch.compile(model.unet, dynamic=False)
+            self.decode = torch.compile(model.vae.decode, dynamic=False)
         self._uncond = None
 
     def _uncond_embedding(self, batch: int) -> torch.Tensor:

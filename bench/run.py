@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-weights", help="open_clip checkpoint file for --clip-model; or set BENCH_WEIGHTS_DIR")
     p.add_argument("--clip-model", default="ViT-g-14", help="open_clip model name for the CLIP score")
     p.add_argument("--clip-pretrained", default="laion2b_s12b_b42k", help="open_clip pretrained tag")
+    p.add_argument("--clip-precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="CLIP tower precision; fp16 is ~4x faster on a GPU and recorded in the extractor id")
     p.add_argument("--cache-dir", default="results/cache", help="feature cache (reference and text features)")
     p.add_argument("--metrics-only", action="store_true", help="recompute metrics from the store; generate nothing")
     p.add_argument("--save-images", action="store_true", help="also write 512 px PNGs (background pool)")
@@ -113,7 +115,8 @@ def setup_suite(args) -> SimpleNamespace:
     extractors = {
         "fid": (args.fid_features or "inception", {"weights": args.inception_weights}),
         "clip": (args.clip_features or "clip", {"weights": args.clip_weights, "model": args.clip_model,
-                                                "pretrained": args.clip_pretrained}),
+                                                "pretrained": args.clip_pretrained,
+                                                "precision": args.clip_precision}),
     }
     if args.pr_features == "adm":
         extractors["pr"] = ("inception-adm", {"weights": args.inception_weights})
@@ -217,7 +220,11 @@ def start(args):
     """Validate the options, then (accelerate state, device, suite) for this process."""
     from accelerate import PartialState
 
+    import torch
+
     check_args(args)
+    # Set once for the process: feature threads must not race on these global flags.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     state = PartialState()
     device = pick_device(args.device)
     if device == "cuda" and state.num_processes > 1:
