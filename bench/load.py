@@ -80,7 +80,8 @@ def _loading(what: str, location: str, spec: ModelSpec):
                 return False
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc_type.__name__
             hint = f"; {spec.hint}" if spec.hint else f"; pass {spec.name}=PATH with a local copy"
-            raise UserError(f"cannot load the {what} of model {spec.name!r} from {location!r} ({reason}){hint}") from exc
+            message = f"cannot load the {what} of model {spec.name!r} from {location!r} ({reason}){hint}"
+            raise UserError(message) from exc
 
     return _Guard()
 

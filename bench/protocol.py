@@ -131,8 +131,8 @@ def load_caption_file(path: str | Path) -> list[tuple[str, str]]:
 
     ``*.json`` must be ``{"labels": [[name, caption], ...]}`` and gives ``[(name, caption)]`` with captions exactly as
     stored (SBv2's keep their trailing spaces). Any other file is UTF-8 text, one caption per line, in order; only
-    the line ending (``\\n`` / ``\\r\\n``) is removed, ids are ``"<file name>:<line number>"``. A blank line is an error
-    rather than being skipped, which would silently shift every later sample's caption.
+    the line ending (``\\n`` / ``\\r\\n``) is removed, ids are ``"<file name>:<line number>"``.
+    A blank line is an error rather than being skipped, which would silently shift every later sample's caption.
 
     Raises:
         UserError: missing, malformed or empty file, or a blank line.
@@ -211,7 +211,8 @@ def coco_reference(source: str | Path, resolution: int = 256) -> ReferenceSet:
                              if not i.is_dir() and i.filename.lower().endswith(_IMAGE_SUFFIXES)
                              and not Path(i.filename).name.startswith(".") and "__MACOSX" not in i.filename)
     else:
-        raise UserError(f"reference images {source} is neither a folder nor a zip; pass --coco DIR holding {_COCO_LAYOUT}")
+        raise UserError(f"reference images {source} is neither a folder nor a zip; "
+                        f"pass --coco DIR holding {_COCO_LAYOUT}")
     if not members:
         raise UserError(f"no .jpg/.png images in {source}; pass --coco DIR holding {_COCO_LAYOUT}")
     identity = hashlib.sha256(json.dumps([RESIZE, resolution, [m[:2] for m in members]]).encode()).hexdigest()

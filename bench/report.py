@@ -43,7 +43,8 @@ class PngWriter:
 
 def _git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True).stdout.strip()
         return commit + ("-dirty" if dirty else "")
@@ -168,8 +169,8 @@ def write_all(out: Path, report_path: Path, protocol, specs, results, stores, ma
         markdown_table(specs, results),
     ]
     if suite != "demo":
-        parts.append("Paper numbers: SwiftBrush v2 (arXiv 2408.14176) Table 1 / Table 3. FID is biased by sample count: "
-                     "compare only at N = 30,000.")
+        parts.append("Paper numbers: SwiftBrush v2 (arXiv 2408.14176) Table 1 / Table 3. "
+                     "FID is biased by sample count: compare only at N = 30,000.")
     if notes:
         parts.append(notes)
     if grid:

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions", help="caption list: .txt (one per line) or SwiftBrush v2's dataset.json")
     p.add_argument("--preset", default="sbv2", choices=["sbv2", "random"], help="caption selection from COCO")
     p.add_argument("--n", type=int, help="number of samples (coco: 30000; demo: 1800)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed; sample i uses its own generator seeded by (seed, i)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed; sample i has its own generator seeded by (seed, i)")
     p.add_argument("--caption-seed", type=int, default=0, help="seed of the 'random' caption preset")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--shard-size", type=int, help="samples per stored shard (coco: 1000; demo: 200)")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid-features", help="FID extractor: a registered name or module:factory (coco: inception)")
     p.add_argument("--clip-features", help="CLIP-score extractor (coco: clip = open_clip ViT-g-14)")
     p.add_argument("--pr-features", choices=["clean", "adm"], default="clean",
-                   help="precision/recall features: clean = the FID features; adm = ADM-evaluator-like (BGR, TF resize)")
+                   help="precision/recall features: clean = the FID ones; adm = ADM-evaluator-like (BGR, TF resize)")
     p.add_argument("--inception-weights", help="inception-2015-12-05.pt (TorchScript); or set BENCH_WEIGHTS_DIR")
     p.add_argument("--clip-weights", help="open_clip checkpoint file for --clip-model; or set BENCH_WEIGHTS_DIR")
     p.add_argument("--clip-model", default="ViT-g-14", help="open_clip model name for the CLIP score")
@@ -94,7 +95,8 @@ def build_extractor(name: str, **options):
         try:
             factory = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as error:
-            raise UserError(f"feature extractor {name!r} cannot be imported ({error}): check module:factory") from error
+            raise UserError(f"feature extractor {name!r} cannot be imported ({error}): check module:factory") \
+                from error
         return factory(**options)
     return features.build_extractor(name, **options)
 
@@ -218,9 +220,8 @@ def main(argv=None) -> None:
 
 def start(args):
     """Validate the options, then (accelerate state, device, suite) for this process."""
-    from accelerate import PartialState
-
     import torch
+    from accelerate import PartialState
 
     check_args(args)
     # Set once for the process: feature threads must not race on these global flags.
@@ -298,6 +299,21 @@ def run(args) -> None:
     report.write_all(suite.out, suite.report, suite.protocol, specs, results, stores, manifest, suite=args.suite,
                      notes=suite.notes)
     print(report.table(specs, results).to_string(index=False))
+    if not args.models:  # the suite's default run also makes its weight-interpolation sweeps (demo: Figure 3)
+        run_suite_sweeps(args, suite, state, device)
+
+
+def run_suite_sweeps(args, suite, state, device: str) -> None:
+    """Each of ``suite.sweeps`` (a, b, lams, name) through ``bench.sweep_lambda``, beside the suite's run and report:
+    ``<out>/<name>/`` and ``<report stem>-<name>.md``."""
+    from bench.sweep_lambda import run_sweep
+
+    for entry in getattr(suite, "sweeps", None) or []:
+        where = SimpleNamespace(**{**vars(suite), "out": suite.out / entry.name,
+                                   "report": suite.report.with_name(f"{suite.report.stem}-{entry.name}.md")})
+        sweep_args = argparse.Namespace(**{**vars(args), "a": entry.a, "b": entry.b, "lams": entry.lams})
+        print(f"weight interpolation {entry.a} <-> {entry.b} ({entry.lams}) -> {where.report}", file=sys.stderr)
+        run_sweep(sweep_args, where, state, device)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ class SampleStore:
         shards = [self.load_shard(s) for s in range(self.num_shards)]
         missing = [s for s, arrays in enumerate(shards) if arrays is None]
         if missing:
-            raise UserError(f"{self.root}: shards {missing[:5]} are missing or unreadable: rerun without --metrics-only")
+            raise UserError(f"{self.root}: shards {missing[:5]} are missing or unreadable: "
+                            "rerun without --metrics-only")
         keys = [k for k in shards[0] if k != "store_key"]
         return {k: np.concatenate([arrays[k] for arrays in shards]) for k in keys}

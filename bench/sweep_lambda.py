@@ -92,6 +92,12 @@ def sweep(args) -> pd.DataFrame | None:
     args.out = args.out or f"results/{default}"
     args.report = args.report or f"reports/{Path(args.out).name}.md"
     state, device, suite = start(args)
+    return run_sweep(args, suite, state, device)
+
+
+def run_sweep(args, suite, state, device: str) -> pd.DataFrame | None:
+    """The sweep of ``args.a`` ↔ ``args.b`` over ``args.lams`` in an already set-up suite; it writes under
+    ``suite.out`` and to ``suite.report`` (``bench.run`` calls it for the demo suite's own sweeps)."""
     spec_a, spec_b = resolve(args.a, suite.registry), resolve(args.b, suite.registry)
     for spec in (spec_a, spec_b):
         if spec.kind != "one-step":

@@ -16,7 +16,8 @@ TINY_UNET = dict(
 )
 TINY_VAE = dict(
     block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
-    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
 )
 TINY_TEXT = dict(
     bos_token_id=49406, eos_token_id=49407, pad_token_id=0, hidden_size=32, intermediate_size=37,

@@ -14,18 +14,30 @@ NOTES = """How to read the demo rows:
   class means a VSD student starts from (SwiftBrush v1 initialises from the teacher).
 - `demo-turbo`: a one-step student trained by regression onto the teacher's DDIM-25 cfg-2 samples from the
   same noise (DMD's regression loss); it stands in for SD Turbo, the initialisation SwiftBrush v2 uses.
+- `demo-vsd-full` (model A): VSD (DMD2's two-timescale variant: full-copy fake teacher, 5 fake updates per
+  student update, x0-space normalised gradient, real cfg 2), all UNet weights, from `demo-onestep-init`.
+- `demo-vsd-lora-clip` (model B): the same VSD with a LoRA student plus the clamped CLIP loss on a separate
+  contrastive model (`demo-contrastive-loss`; tau at the 25th percentile of the init's cosines), from
+  `demo-turbo`, as SwiftBrush v2 starts from SD Turbo. `demo-merged`: 0.5 A + 0.5 B (`distill.merge`).
+  Training settings, tau and timings: `bench_demo.json` in each folder under `{students}`.
 - FID here is on 128-d classifier features and biased by sample count: compare rows only at equal N.
 """
+
+
+# The weight-interpolation sweeps (Figure 3) the default demo run adds: (A at w = 0, B at w = 1, grid of w).
+SWEEPS = (("demo-vsd-full", "demo-vsd-lora-clip", "0:1:0.25"), ("demo-turbo", "demo-vsd-lora-clip", "0:1:0.25"))
 
 
 def setup_demo(args) -> SimpleNamespace:
     import bench.demo  # noqa: F401  (registers the demo extractors)
     from bench.demo.models import demo_models
     from bench.demo.protocol import demo_protocol
+    from bench.demo.students import ensure_students, student_paths
     from bench.demo.world import ensure_world
 
     variant = "demo-quick" if args.quick else "demo"
     world = ensure_world(Path("results") / variant / "world", quick=args.quick)
+    ensure_students(world.root, quick=args.quick)
     n = args.n or (600 if args.quick else 1800)
     protocol = demo_protocol(samples_per_prompt=-(-n // 10))
     if len(protocol.captions) != n:
@@ -38,11 +50,18 @@ def setup_demo(args) -> SimpleNamespace:
         "clip": ("demo-contrastive", {"weights": str(world.contrastive)}),
     }
     defaults = [name for name in registry if name.startswith("demo-")]
+    report = Path(args.report or Path("reports") / f"{variant}.md")
+    sweeps = [SimpleNamespace(a=a, b=b, lams=lams, name=f"sweep-{a}-{b}") for a, b, lams in SWEEPS]
+    links = "\n".join(f"- Weight interpolation {s.a} ↔ {s.b} (w = weight of B, {s.lams}): "
+                      f"[{report.stem}-{s.name}.md]({report.stem}-{s.name}.md)" for s in sweeps)
+    notes = NOTES.format(students=student_paths(world.root).root) + links + "\n"
     return SimpleNamespace(protocol=protocol, registry=registry, defaults=defaults, extractors=extractors,
-                           out=Path(args.out or Path("results") / variant),
-                           report=Path(args.report or Path("reports") / f"{variant}.md"), notes=NOTES)
+                           out=Path(args.out or Path("results") / variant), report=report, notes=notes,
+                           sweeps=sweeps)
 
 
 def students(root: Path) -> dict:
-    """Students trained by ``distill`` in this world (none until that step has run)."""
-    return {}
+    """The students ``distill`` trains in this world (``bench.demo.students``), as one-step ModelSpecs."""
+    from bench.demo.students import student_models
+
+    return student_models(root)
