@@ -291,14 +291,13 @@ def run(args) -> None:
         raise UserError("--models is empty: name at least one model")
     specs = [resolve(name, suite.registry) for name in names]
     done = run_models(args, suite, [(spec, None, {}) for spec in specs], state, device)
-    if done is None:
-        return
-    results, stores, timings, extractor_ids = done
-    manifest = report.manifest(args, suite.protocol, specs, stores, extractor_ids, timings, device,
-                               state.num_processes)
-    report.write_all(suite.out, suite.report, suite.protocol, specs, results, stores, manifest, suite=args.suite,
-                     notes=suite.notes)
-    print(report.table(specs, results).to_string(index=False))
+    if done is not None:  # the main process
+        results, stores, timings, extractor_ids = done
+        manifest = report.manifest(args, suite.protocol, specs, stores, extractor_ids, timings, device,
+                                   state.num_processes)
+        report.write_all(suite.out, suite.report, suite.protocol, specs, results, stores, manifest,
+                         suite=args.suite, notes=suite.notes)
+        print(report.table(specs, results).to_string(index=False))
     if not args.models:  # the suite's default run also makes its weight-interpolation sweeps (demo: Figure 3)
         run_suite_sweeps(args, suite, state, device)
 
@@ -312,7 +311,8 @@ def run_suite_sweeps(args, suite, state, device: str) -> None:
         where = SimpleNamespace(**{**vars(suite), "out": suite.out / entry.name,
                                    "report": suite.report.with_name(f"{suite.report.stem}-{entry.name}.md")})
         sweep_args = argparse.Namespace(**{**vars(args), "a": entry.a, "b": entry.b, "lams": entry.lams})
-        print(f"weight interpolation {entry.a} <-> {entry.b} ({entry.lams}) -> {where.report}", file=sys.stderr)
+        if state.is_main_process:
+            print(f"weight interpolation {entry.a} <-> {entry.b} ({entry.lams}) -> {where.report}", file=sys.stderr)
         run_sweep(sweep_args, where, state, device)
 
 

@@ -36,8 +36,8 @@ def setup_demo(args) -> SimpleNamespace:
     from bench.demo.world import ensure_world
 
     variant = "demo-quick" if args.quick else "demo"
-    world = ensure_world(Path("results") / variant / "world", quick=args.quick)
-    ensure_students(world.root, quick=args.quick)
+    world = _one_thread(ensure_world, Path("results") / variant / "world", quick=args.quick)
+    _one_thread(ensure_students, world.root, quick=args.quick)  # its trainings: subprocesses on one thread each
     n = args.n or (600 if args.quick else 1800)
     protocol = demo_protocol(samples_per_prompt=-(-n // 10))
     if len(protocol.captions) != n:
@@ -58,6 +58,20 @@ def setup_demo(args) -> SimpleNamespace:
     return SimpleNamespace(protocol=protocol, registry=registry, defaults=defaults, extractors=extractors,
                            out=Path(args.out or Path("results") / variant), report=report, notes=notes,
                            sweeps=sweeps)
+
+
+def _one_thread(train, *args, **kwargs):
+    """Run a training stage with one torch thread: the demo's models are tiny (the prototype timed everything on
+    one thread), and two threads on a 2-core machine are 8-60x slower as soon as anything else runs (measured:
+    the world's classifier took 294 s instead of ~5 s beside one other busy process)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def students(root: Path) -> dict:
