@@ -181,7 +181,7 @@ def _start(job: _Job) -> None:
     command = [sys.executable, "-m", "distill.train", *job.argv, "--out", str(job.partial), "--resume", "latest"]
     job.started = time.time()
     with open(job.partial / "train.log", "a") as log, open(job.partial / "summary.json", "w") as out:
-        job.process = subprocess.Popen(command, stdout=out, stderr=log, env=env, cwd=repo)
+        job.process = subprocess.Popen(command, stdout=out, stderr=log, env=env)  # relative paths: caller cwd
     _log(f"training {job.name} ({job.record['options']['max_steps']} steps) -> {job.final} "
          f"(log: {job.partial / 'train.log'})")
 
