@@ -11,8 +11,8 @@ The VSD recipe is DMD2's two-timescale variant, the one that worked on a CPU pro
 x0-space gradient normalisation, real-teacher guidance 2 and a conditional fake (pixel-space cfg 4.5
 saturates), grad clip 1 (always active), EMA 0.99. Tuned on this machine: batch 32 instead of 64 (the same
 progress per second, twice the updates) and student lr 3e-5 instead of 1e-5 (1e-5 was stable but slow; 5e-5
-was no better). From the teacher init model A goes FID about 48 -> 34 / 31.5 / 33 at 180 / 240 / 300 steps
-(prototype weights, 1,800 samples), recall 0.21 -> 0.31, at about 1.1 s per step on one thread.
+was no better). Model A runs 300 steps at about 1.1 s per step on an idle core (1.6-2.6 s on the shared
+2-core machine); in tuning its FID curve flattened after about 240 steps.
 
 Model A starts from the blurry t = 999 class means of the teacher, as SwiftBrush v1 does; model B starts from
 demo-turbo, as SwiftBrush v2 starts from SD-Turbo. (From the teacher init the LoRA student would only trail
@@ -35,6 +35,18 @@ Layout of ``<world root>/students``::
 Each folder gets ``bench_demo.json`` last (its settings key, timings and training summary), so a second call
 trains nothing and other settings are refused, as for the world. A run that is killed resumes from its last
 checkpoint (``.<name>.partial/``). Both trainings run at once, one thread each, when there are two cores.
+
+Measured by ``python -m bench.run --suite demo`` (1,800 samples, noise seed 0 | seed 1; FID / precision /
+recall / CLIP stand-in): demo-onestep-init 51.3 / .62 / .27 / .419 | 50.8 / .63 / .27; demo-vsd-full (A)
+34.6 / .69 / .34 / .457 | 34.6 / .68 / .32, i.e. 0.68 x the init's FID with more recall; demo-turbo
+24.7 / .81 / .54 / .446 | 24.5 / .79 / .52; demo-vsd-lora-clip (B) 16.5 / .92 / .53 / .463 | 15.2 / .92 / .54;
+demo-merged 56.8 / .91 / .31 / .482 | 53.7 / .92 / .27. The CLIP clamp (tau 0.36) was active on 24% of
+model B's samples. Sweeps (w = weight of B): A <-> B has no interior point beating both ends in FID or recall
+(the merge of a teacher-init and a turbo-init student is worse than either; precision at w = 0.75 is a little
+above both ends on both seeds, .935 | .932 against .919 | .917); turbo <-> B improves FID and recall in the
+interior on both seeds (w = 0.75: FID 15.0 | 13.9 against 16.5 | 15.2 for B, recall .542 | .556 against
+.528 | .536), with precision and CLIP monotone: SwiftBrush v2's Figure 3 / 7 pattern, by a margin near the
+seed spread (about 1.5 FID).
 """
 
 import json
