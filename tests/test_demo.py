@@ -248,15 +248,3 @@ def test_ensure_world_caches_and_refuses_other_settings(tmp_path, tokenizer_dir,
 
     assert demo_classifier(root=str(root)).weights == first.classifier
     assert demo_contrastive_loss(root=str(root)).weights == first.contrastive_loss
-
-
-@pytest.mark.slow
-def test_quick_world_trains_once(tmp_path, monkeypatch):
-    """The CI world (about 2 minutes on 2 cores): trained once, then served from the cache."""
-    root = tmp_path / "demo"
-    first = world.ensure_world(root, quick=True)
-    with monkeypatch.context() as m:
-        _forbid_training(m)
-        assert world.ensure_world(root, quick=True) == first
-    with pytest.raises(UserError):
-        world.ensure_world(root, quick=False)
