@@ -19,6 +19,16 @@ from bench.registry import SD_TURBO, ModelSpec
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def hide_library_progress_bars() -> None:
+    """diffusers and transformers draw a progress bar per checkpoint or pipeline they load; in our CLIs those bars
+    bury the run's own progress (a sweep loads a model per point). Their warnings stay on."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 @dataclass
 class LoadedModel:
     spec: ModelSpec

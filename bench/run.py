@@ -214,6 +214,9 @@ def evaluate(store: SampleStore, reference: dict, text_features: np.ndarray, arg
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    from bench.load import hide_library_progress_bars
+
+    hide_library_progress_bars()
     with exit_on_user_error("bench.run"):
         run(args)
 

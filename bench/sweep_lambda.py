@@ -144,6 +144,9 @@ def main(argv=None) -> None:
     parser.add_argument("--b", required=True, help="student B (w = 1): a registry name or NAME=PATH")
     parser.add_argument("--lams", default="0:1:0.1", help="weights w of B: start:stop:step or a comma list")
     args = parser.parse_args(argv)
+    from bench.load import hide_library_progress_bars
+
+    hide_library_progress_bars()
     with exit_on_user_error("bench.sweep_lambda"):
         sweep(args)
 

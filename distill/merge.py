@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.errors import UserError, exit_on_user_error
-from bench.load import fuse_lora, load_unet, resolve_layout, weights_sha256
+from bench.load import fuse_lora, hide_library_progress_bars, load_unet, resolve_layout, weights_sha256
 
 
 def merge_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lam: float) -> dict[str, torch.Tensor]:
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--base", help="bench_base.json of the output (default: A's base; needed if A's and B's "
                                        "differ)")
     args = parser.parse_args(argv)
+    hide_library_progress_bars()
     with exit_on_user_error("distill.merge"):
         if not 0.0 <= args.lam <= 1.0:
             raise UserError(f"--lam must be in [0, 1], got {args.lam}")

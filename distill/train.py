@@ -34,6 +34,7 @@ from bench.errors import UserError, exit_on_user_error
 from bench.load import (
     encode_prompts,
     fuse_lora,
+    hide_library_progress_bars,
     load_scheduler_config,
     load_text,
     load_unet,
@@ -541,6 +542,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     utils.add_dataclass_arguments(parser, TrainConfig)
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     args = parser.parse_args(argv)
+    hide_library_progress_bars()
     with exit_on_user_error("distill.train"):
         cfg = utils.config_from_namespace(TrainConfig, args)
         if args.dry_run:
