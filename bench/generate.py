@@ -40,13 +40,17 @@ class Sampler:
             self._uncond = encode_prompts(self.model.tokenizer, self.model.text_encoder, [""])
         return self._uncond.expand(batch, -1, -1)
 
+    def noise(self, indices) -> torch.Tensor:
+        """The starting noise of samples ``indices``, drawn on the CPU so that every device and batch size agree."""
+        return sample_noise(self.seed, indices, self.model.latent_shape).to(self.model.device, self.model.dtype)
+
     @torch.no_grad()
     def latents(self, prompts: list[str], indices) -> torch.Tensor:
         model, spec = self.model, self.model.spec
         # 1. Text conditioning, exactly as StableDiffusionPipeline encodes it for SD 2.x.
         cond = encode_prompts(model.tokenizer, model.text_encoder, prompts)
-        # 2. Per-sample noise, drawn on the CPU so that every device and batch size agree.
-        noise = sample_noise(self.seed, indices, model.latent_shape).to(model.device, model.dtype)
+        # 2. Per-sample noise (``noise``).
+        noise = self.noise(indices)
         # 3. One UNet call at t = 999 and the x0 conversion, or the multi-step cfg loop.
         if spec.kind == "one-step":
             return onestep_x0(self.unet, noise, cond, self.abar, self.timestep)

@@ -179,3 +179,43 @@ def test_probe_tiny_prints_seconds_per_step(world, capsys):
     out = capsys.readouterr().out
     assert "full:" in out and "lora:" in out and "s/step" in out
     assert all(r["seconds_per_step"] > 0 for r in results)
+
+
+def test_make_pairs_matches_the_pipeline_and_resumes(world, tmp_path, capsys):
+    """distill.make_pairs: pair i is (noise i, the teacher pipeline's final latent from it); shards resume."""
+    from diffusers import StableDiffusionPipeline
+
+    from distill import make_pairs
+    from distill.utils import load_real_pairs
+
+    out = tmp_path / "pairs"
+    args = ["--teacher", str(world.pipeline), "--prompts", str(world.prompts), "--n", "5", "-o", str(out),
+            "--steps", "3", "--cfg", "2", "--shard-size", "2", "--batch-size", "2", "--device", "cpu"]
+    make_pairs.main(args)
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    assert shards == ["pairs-00000.safetensors", "pairs-00001.safetensors", "pairs-00002.safetensors"]
+    noise, x0, prompts = load_real_pairs(out)
+    unique = ["a red bus", "a cat on a sofa", "two dogs", "an empty street", "a bowl of fruit"]  # file deduplicated
+    assert prompts == unique and noise.shape == x0.shape == (5, 4, 16, 16)
+    assert torch.equal(noise, sample_noise(0, range(5), (4, 16, 16)))
+
+    pipe = StableDiffusionPipeline.from_pretrained(world.pipeline, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(prompts[3:5], latents=noise[3:5], num_inference_steps=3, guidance_scale=2.0,
+                    output_type="latent").images
+    torch.testing.assert_close(x0[3:5], expected, rtol=1e-4, atol=1e-5)
+
+    # Killed after the first shard: the rerun writes only the missing ones, the same bytes.
+    middle = (out / shards[1]).read_bytes()
+    (out / shards[1]).unlink()
+    kept = {name: (out / name).stat().st_mtime_ns for name in (shards[0], shards[2])}
+    make_pairs.main(args)
+    assert (out / shards[1]).read_bytes() == middle
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
+
+    other = list(args)
+    other[other.index("--cfg") + 1] = "3"
+    with pytest.raises(SystemExit) as code:  # other settings into the same folder: refused, nothing touched
+        make_pairs.main(other)
+    assert code.value.code == 2 and "other settings (cfg differ)" in capsys.readouterr().err
+    assert (out / shards[1]).read_bytes() == middle
