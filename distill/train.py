@@ -121,6 +121,9 @@ class TrainConfig:
     # bookkeeping
     cache_dir: str | None = _f(None, "text-embedding cache (default: <out>/text_cache); 77xD per prompt")
     text_cache_dtype: str = _f("float16", "storage dtype of cached embeddings", choices=["float16", "float32"])
+    text_cache: str = _f("disk", "prompt embeddings: disk (encoded once, memory-mapped) or off (encoded per batch, "
+                                 "for prompt sets whose cache would not fit: 158 KB per prompt for SD 2.1)",
+                         choices=["disk", "off"])
     log_every: int = _f(10, "print a line every N steps (TensorBoard gets every step)")
     sample_every: int = _f(500, "sample grid every N steps, raw and EMA student (0: never)")
     num_samples: int = _f(8, "images in a sample grid (the first prompts, fixed noise)")
@@ -252,14 +255,18 @@ def train(cfg: TrainConfig) -> dict:
     def embed(texts):
         return encode_prompts(tokenizer, text_encoder, texts)
 
-    with accelerator.main_process_first():
-        text_embeddings = utils.cached_embeddings(cache, text_key, prompts, embed, dtype=cfg.text_cache_dtype)
+    if cfg.text_cache == "off":
+        text_embeddings = utils.EncodedOnDemand(prompts, embed)
+    else:
+        with accelerator.main_process_first():
+            text_embeddings = utils.cached_embeddings(cache, text_key, prompts, embed, dtype=cfg.text_cache_dtype)
     null_embedding = embed([""]).float()
     if cfg.real_data:
         pair_noise, pair_x0, pair_prompts = utils.load_real_pairs(cfg.real_data)
         with accelerator.main_process_first():
             pair_embeddings = utils.cached_embeddings(cache, text_key, pair_prompts, embed, dtype=cfg.text_cache_dtype)
-    text_encoder.to("cpu")  # not needed on the device any more
+    if cfg.text_cache == "disk":
+        text_encoder.to("cpu")  # not needed on the device any more
 
     # 2. The frozen teacher and the fake teacher: a LoRA on the teacher's own UNet, switched off for
     #    the teacher (SwiftBrush), or a full trainable copy (DMD2). The fake trains in float32.
@@ -339,8 +346,8 @@ def train(cfg: TrainConfig) -> dict:
                                                 lambda texts: torch.as_tensor(encoder.encode_text(texts)),
                                                 dtype="float32")
 
-    def rows(array, indices):  # cached embeddings of a batch, float32 on the device
-        return torch.from_numpy(np.asarray(array[indices])).to(device, torch.float32)
+    def rows(array, indices):  # the embeddings of a batch (cached or encoded now), float32 on the device
+        return torch.as_tensor(array[indices]).to(device, torch.float32)
 
     def one_step(noise, embeddings, unet=student):
         with autocast():

@@ -113,6 +113,21 @@ def cached_embeddings(cache_dir: str | Path, key: dict, texts: list[str], encode
     return np.load(path, mmap_mode="r")
 
 
+class EncodedOnDemand:
+    """``texts`` encoded when a batch of rows is asked for: the cache's interface without its disk. SD 2.1's
+    77 x 1024 fp16 embeddings take 158 KB per prompt, 218 GB for a 1.38 M-prompt set."""
+
+    def __init__(self, texts: list[str], encode):
+        self.texts, self.encode = texts, encode
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @torch.no_grad()
+    def __getitem__(self, indices) -> torch.Tensor:
+        return self.encode([self.texts[i] for i in np.atleast_1d(indices)])
+
+
 # ------------------------------------------------------------------------------------------ checkpoints
 
 

@@ -151,6 +151,19 @@ def test_lora_scheme_with_clip_loss_resumes_exactly_and_exports_fused(world, tmp
     assert all(torch.equal(v, fused[k]) for k, v in via_adapter.unet.state_dict().items())
 
 
+def test_text_cache_off_encodes_per_batch_to_the_same_training(world, tmp_path):
+    """--text-cache off (prompt sets too large for the disk cache) trains like the float32 cache, writing nothing."""
+    cached, on_demand = tmp_path / "cached", tmp_path / "on-demand"
+    train.main(_args(world, cached, "full", "--text-cache-dtype", "float32"))  # two steps: Adam's first is sign(g)
+    train.main(_args(world, on_demand, "full", "--text-cache", "off", "--cache-dir", str(tmp_path / "unused-cache")))
+    assert not (tmp_path / "unused-cache").exists()
+    a, b = (load_file(out / "unet_ema" / "diffusion_pytorch_model.safetensors") for out in (cached, on_demand))
+    start = load_file(world.pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # steps were taken...
+    for key in a:  # ...and the same one, up to the text encoder's batch-size rounding
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("extra, message", [
     (("--prompts", "missing.txt"), "--prompts 'missing.txt' does not exist"),
     (("--lr", "0"), "--lr and --fake-lr must be > 0"),
