@@ -25,7 +25,7 @@ import platform
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from bench.errors import UserError
 from bench.protocol import ReferenceSet
+from bench.store import atomic_write_bytes
 
 
 class FeatureExtractor:
@@ -82,21 +83,6 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    # A crash or an exception leaves either the old file or none, never a truncated one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def cached_features(cache_dir: str | Path, key: dict, compute: Callable[[], np.ndarray]) -> np.ndarray:
     """Return ``compute()``, cached on disk under the sha256 of a canonical JSON of ``key``.
 
@@ -122,8 +108,8 @@ def cached_features(cache_dir: str | Path, key: dict, compute: Callable[[], np.n
         raise TypeError(f"compute() must return a numpy array, got {type(features).__name__}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     key_json = json.dumps(key, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(cache_dir / f"{digest}.json", lambda f: f.write(key_json.encode("utf-8")))
-    _atomic_write(path, lambda f: np.save(f, features, allow_pickle=False))
+    atomic_write_bytes(cache_dir / f"{digest}.json", lambda f: f.write(key_json.encode("utf-8")))
+    atomic_write_bytes(path, lambda f: np.save(f, features, allow_pickle=False))
     return features
 
 

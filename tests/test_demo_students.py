@@ -17,14 +17,7 @@ from bench.demo import students, world  # noqa: E402
 from bench.errors import UserError  # noqa: E402
 from tests.test_demo import _tiny_settings  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a shared 2-core machine can be 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
