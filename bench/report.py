@@ -107,8 +107,9 @@ def _fmt(value, digits=2) -> str:
 
 def markdown_table(specs, results: dict) -> str:
     """Our numbers beside the paper's Table 1 row for the same model, and the difference."""
-    lines = ["| model | N | " + " | ".join(f"{m} (ours / paper / Δ)" for m in METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]
+    beside_paper = any(spec.paper_row in PAPER_TABLE1 for spec in specs)
+    header = (f"{m} (ours / paper / Δ)" if beside_paper else m for m in METRICS)
+    lines = ["| model | N | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(METRICS)]
     for spec in specs:
         ours, paper = results[spec.name], PAPER_TABLE1.get(spec.paper_row or "", {})
         cells = []

@@ -34,7 +34,8 @@ def test_quick_suite_shows_the_cfg_trade_off_and_reuses_its_cache(tmp_path, monk
     assert cfg45.recall < cfg1.recall - 0.05
     assert cfg45.clip_score > cfg1.clip_score + 0.01
     assert cfg1.clip_score < 0.99
-    assert "demo-teacher-cfg4.5" in (tmp_path / "reports" / "demo-quick.md").read_text()
+    report = (tmp_path / "reports" / "demo-quick.md").read_text()
+    assert "| demo-teacher-cfg4.5 | 600 |" in report and "| model | N | fid | precision |" in report
 
     # A second run trains and generates nothing: every file of the world and the stores is left as it was.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*")

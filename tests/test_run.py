@@ -209,3 +209,17 @@ def test_two_processes_give_the_same_table(world, tmp_path):
     cols = ["model", "n_samples", "fid", "precision", "recall", "clip_score"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "single" / "table.csv")[cols],
                                   pd.read_csv(tmp_path / "double" / "table.csv")[cols])
+
+
+def test_markdown_table_puts_the_paper_beside_rows_that_have_one():
+    from bench.report import markdown_table
+
+    metrics = dict(n_samples=30000, fid=17.1, precision=0.6, recall=0.4, clip_score=0.33)
+    turbo, local = ModelSpec("sdturbo", "x", paper_row="SD Turbo"), ModelSpec("mine", "y")
+    table = markdown_table([turbo, local], {"sdturbo": metrics, "mine": metrics}).splitlines()
+    assert table[0].startswith("| model | N | fid (ours / paper / Δ) |")
+    assert table[2] == "| sdturbo | 30000 | 17.10 / 16.10 / +1.00 | 0.600 / 0.65 / -0.050 | 0.400 / 0.35 / +0.050 " \
+                       "| 0.330 / 0.33 / +0.000 |"
+    assert table[3] == "| mine | 30000 | 17.10 | 0.600 | 0.400 | 0.330 |"
+    alone = markdown_table([local], {"mine": metrics}).splitlines()  # e.g. the demo world: no paper column
+    assert alone[0] == "| model | N | fid | precision | recall | clip_score |"
