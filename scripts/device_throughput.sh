@@ -12,6 +12,8 @@
 #   equivalence, 256 one-step images (plain eager fp32-CLIP path + fast path, two 2048-d FIDs)  ~25 s
 # about 285 s; --budget-s 330 stops timed loops and skips stages past it (partial rows are marked), and the
 # program's watchdog (budget + 90 s) ends a hung run with a traceback. JSON + table are rewritten after each stage.
+# channels_last is off: the one H100 run so far used it eagerly and its VAE decode ran at a third of the rate the
+# reference measured for contiguous eager (reports/throughput.md); pass --channels-last to compare.
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
@@ -20,4 +22,4 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python3 -m bench.throughput \
   --out "$OUT/throughput.json" --batch-size 64 --n-onestep 768 --n-multistep 128 --check-equivalence 256 \
-  --compile --channels-last --cudnn-benchmark --clip-precision fp16 --budget-s 330 "$@" 2>&1 | tee "$OUT/throughput.log"
+  --compile --cudnn-benchmark --clip-precision fp16 --budget-s 330 "$@" 2>&1 | tee "$OUT/throughput.log"
