@@ -2,6 +2,7 @@
 # One GPU call: python -m bench.throughput on the device machine (see bench/throughput.py).
 # Run from the repository root with `.whl` carried (diffusers, open_clip_torch, clean-fid, ftfy, wcwidth are not
 # installed there); OUT is the folder whose files come back.
+# Make .whl here with: pip download --no-deps -d .whl diffusers==0.42.1 open_clip_torch==3.3.0 clean-fid==0.1.35 ftfy wcwidth
 #
 # Sizing, from shared/reference/h100_baseline.md (H100, batch 16 naive, batch 64 ours), for ~6 minutes in all:
 #   setup (imports, random SD 2.1 + ViT-g-14 + Inception built on the GPU, FLOP count)           ~30 s
