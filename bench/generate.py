@@ -109,26 +109,47 @@ class FeaturePipeline:
 
     def run(self, prompts: list[str], indices, batch_size: int, progress=None) -> dict[str, np.ndarray]:
         """Features (per extractor role) and the finite mask of ``indices``, in order."""
-        futures, results = deque(), []
-        for start in range(0, len(indices), batch_size):
-            batch = indices[start:start + batch_size]
-            with torch.no_grad():
-                images, finite = self.sampler.decode_images(self.sampler.latents(prompts[start:start + batch_size],
-                                                                                 batch))
-            futures.append((self._hand_off(images.contiguous(), finite, batch), len(batch)))
-            while len(futures) > self.max_inflight or (futures and futures[0][0].done()):
-                results.append(self._finish(futures.popleft(), progress))
-        while futures:
-            results.append(self._finish(futures.popleft(), progress))
-        return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
+        return next(self.run_shards([(None, prompts, indices)], batch_size, progress))[1]
 
-    @staticmethod
-    def _finish(item, progress) -> dict:
-        future, count = item
-        result = future.result()
-        if progress is not None:
-            progress(count)
-        return result
+    def run_shards(self, shards, batch_size: int, progress=None):
+        """For each non-empty ``(key, prompts, indices)`` of ``shards``, in order: yields ``(key, arrays)`` as
+        ``run`` returns them. The next shard's batches are generated while the workers finish the last ones of
+        the shard before, so the GPU does not idle at shard boundaries."""
+        futures, parts, left = deque(), {}, {}
+
+        def finish():
+            key, future, count = futures.popleft()
+            parts[key].append(future.result())
+            if progress is not None:
+                progress(count)
+            left[key] -= 1
+            if left[key] == 0:
+                done = parts.pop(key)
+                return key, {name: np.concatenate([part[name] for part in done]) for name in done[0]}
+            return None
+
+        try:
+            for key, prompts, indices in shards:
+                starts = range(0, len(indices), batch_size)
+                parts[key], left[key] = [], len(starts)
+                for start in starts:
+                    batch = indices[start:start + batch_size]
+                    with torch.no_grad():
+                        latents = self.sampler.latents(prompts[start:start + batch_size], batch)
+                        images, finite = self.sampler.decode_images(latents)
+                    futures.append((key, self._hand_off(images.contiguous(), finite, batch), len(batch)))
+                    while len(futures) > self.max_inflight or (futures and futures[0][1].done()):
+                        if (finished := finish()) is not None:
+                            yield finished
+            while futures:
+                if (finished := finish()) is not None:
+                    yield finished
+        finally:  # a consumer that stops early leaves no worker running
+            for _, future, _ in futures:
+                future.cancel()
+            for _, future, _ in futures:
+                if not future.cancelled():
+                    future.exception()
 
     def close(self) -> None:
         self.pool.shutdown()

@@ -162,11 +162,10 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
     start = time.perf_counter()
     total = sum(len(store.shard_indices(s)) for s in pending)
     with tqdm(total=total, unit="img", desc=spec.name, disable=total == 0, file=sys.stderr) as bar:
-        for shard in pending:
-            indices = store.shard_indices(shard)
-            arrays = pipeline.run([protocol.captions[j] for j in indices], indices, args.batch_size, bar.update)
-            finite = arrays.pop("finite")
-            store.write_shard(shard, {"indices": indices, "finite": finite,
+        work = [(shard, [protocol.captions[j] for j in indices], indices)
+                for shard in pending for indices in [store.shard_indices(shard)]]
+        for shard, arrays in pipeline.run_shards(work, args.batch_size, bar.update):
+            store.write_shard(shard, {"indices": store.shard_indices(shard), "finite": arrays.pop("finite"),
                                       **{f"features_{role}": v for role, v in arrays.items()}})
     pipeline.close()
     timings["generate_and_features_s"] = time.perf_counter() - start

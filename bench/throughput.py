@@ -231,14 +231,15 @@ def run_ours(model, extractors: dict, args, n: int, folder: Path, deadline: floa
     pipeline.saver = saver = PngWriter(folder / "png") if args.png else None  # after the warm-up: none of its PNGs
     with busy:
         start = time.perf_counter()
-        for shard in range(store.num_shards):
-            if time.perf_counter() > deadline:
-                break
+        work = ((shard, prompts(indices), indices) for shard in range(store.num_shards)
+                for indices in [store.shard_indices(shard)])
+        for shard, arrays in pipeline.run_shards(work, batch):
             indices = store.shard_indices(shard)
-            arrays = pipeline.run(prompts(indices), indices, batch)
             store.write_shard(shard, {"indices": indices, "finite": arrays.pop("finite"),
                                       **{f"features_{role}": v for role, v in arrays.items()}})
             done += len(indices)
+            if time.perf_counter() > deadline:
+                break
         if saver:
             saver.close()
         wall = time.perf_counter() - start

@@ -223,3 +223,44 @@ def test_markdown_table_puts_the_paper_beside_rows_that_have_one():
     assert table[3] == "| mine | 30000 | 17.10 | 0.600 | 0.400 | 0.330 |"
     alone = markdown_table([local], {"mine": metrics}).splitlines()  # e.g. the demo world: no paper column
     assert alone[0] == "| model | N | fid | precision | recall | clip_score |"
+
+
+class _IndexSampler:
+    """Images whose pixels are their sample index; records the order in which samples are generated."""
+
+    model = type("Model", (), {"device": torch.device("cpu")})()
+
+    def __init__(self):
+        self.generated = []
+
+    def latents(self, prompts, indices):
+        self.generated += list(indices)
+        return torch.as_tensor(np.asarray(indices), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 2, 2, 3)
+
+    def decode_images(self, latents):
+        return latents.to(torch.uint8), torch.ones(len(latents), dtype=torch.bool)
+
+
+class _SlowFirstPixel:
+    def image_features(self, images):
+        time.sleep(0.05)
+        return images[:, 0, 0, :1].astype(np.float64)
+
+
+def test_feature_pipeline_overlaps_shards_and_keeps_order():
+    from bench.generate import FeaturePipeline
+
+    sampler = _IndexSampler()
+    pipeline = FeaturePipeline(sampler, lambda images: images, {"fid": _SlowFirstPixel()})
+    shards = [("a", ["p"] * 4, [0, 1, 2, 3]), ("b", ["p"] * 3, [4, 5, 6]), ("c", ["p"] * 2, [7, 8])]
+    counted, seen = [], []
+    for key, arrays in pipeline.run_shards(shards, batch_size=2, progress=counted.append):
+        seen.append((key, arrays["fid"][:, 0].tolist(), arrays["finite"].tolist(), len(sampler.generated)))
+    assert [s[:2] for s in seen] == [("a", [0, 1, 2, 3]), ("b", [4, 5, 6]), ("c", [7, 8])]
+    assert all(all(s[2]) for s in seen) and sum(counted) == 9
+    assert seen[0][3] > 4  # shard b was already being generated when shard a was handed back
+
+    first = next(pipeline.run_shards(shards, batch_size=2))  # a consumer may stop early
+    assert first[0] == "a" and pipeline.run([f"p{i}" for i in range(3)], [9, 10, 11], 2)["fid"][:, 0].tolist() == \
+        [9, 10, 11]
+    pipeline.close()
