@@ -228,8 +228,10 @@ def start(args):
     check_args(args)
     # Set once for the process: feature threads must not race on these global flags.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    state = PartialState()
     device = pick_device(args.device)
+    # Under torchrun / accelerate launch, CPU processes form one (gloo) group only when accelerate is told they
+    # run on the CPU; otherwise each would believe it is alone and make every shard itself.
+    state = PartialState(cpu=device == "cpu")
     if device == "cuda" and state.num_processes > 1:
         device = str(state.device)
     return state, device, setup_suite(args)

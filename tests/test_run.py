@@ -202,10 +202,12 @@ def test_two_processes_give_the_same_table(world, tmp_path):
     models = f"one={world['one']}"
     run_bench(["--models", models, *common(world, tmp_path / "single")], cwd=tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    # `--multi_gpu` is accelerate's torchrun launcher; on a CPU it makes a gloo group (`--cpu` starts one process).
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                              "-m", "bench.run", "--models", models, *common(world, tmp_path / "double")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "double" / "manifest.json").read_text())["device"]["processes"] == 2
     cols = ["model", "n_samples", "fid", "precision", "recall", "clip_score"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "single" / "table.csv")[cols],
                                   pd.read_csv(tmp_path / "double" / "table.csv")[cols])

@@ -226,3 +226,30 @@ def test_make_pairs_matches_the_pipeline_and_resumes(world, tmp_path, capsys):
         make_pairs.main(other)
     assert code.value.code == 2 and "other settings (cfg differ)" in capsys.readouterr().err
     assert (out / shards[1]).read_bytes() == middle
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["full", "lora"])
+def test_two_processes_train_and_resume_exactly(world, tmp_path, scheme):
+    """Two processes (accelerate's torchrun launcher, gloo on the CPU): DDP, per-process noise and RNG states in
+    the checkpoints; two steps straight equal one step, a stop and a resume."""
+    extra = ("--student-rank", "4", "--student-alpha", "8", "--fake-rank", "4", "--fake-alpha", "8") \
+        if scheme == "lora" else ()
+
+    def launch(out, *more):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
+                   "distill.train", *_args(world, out, scheme, *extra, *more)]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    launch(tmp_path / "straight")
+    launch(tmp_path / "split", "--stop-at", "1")
+    launch(tmp_path / "split", "--resume", "latest")
+    straight, split = (tmp_path / name / "checkpoints" / "checkpoint-2" for name in ("straight", "split"))
+    _assert_same_checkpoint(straight, split)
+    assert sorted(p.name for p in straight.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    assert json.loads((straight / "state.json").read_text())["num_processes"] == 2
+    image = _one_step_image(tmp_path / "straight")
+    assert torch.isfinite(image).all()
