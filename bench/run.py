@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed; sample i has its own generator seeded by (seed, i)")
     p.add_argument("--caption-seed", type=int, default=0, help="seed of the 'random' caption preset")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, help="samples per generation batch (coco: 16; demo: 100)")
     p.add_argument("--shard-size", type=int, help="samples per stored shard (coco: 1000; demo: 200)")
     p.add_argument("--out", help="run folder (default results/<suite>)")
     p.add_argument("--report", help="markdown report path (default reports/<run folder name>.md)")
@@ -234,7 +234,10 @@ def start(args):
     state = PartialState(cpu=device == "cpu")
     if device == "cuda" and state.num_processes > 1:
         device = str(state.device)
-    return state, device, setup_suite(args)
+    suite = setup_suite(args)
+    if args.batch_size is None:
+        args.batch_size = 100 if args.suite == "demo" else 16  # the demo's 8x8 models: per-call overhead dominates
+    return state, device, suite
 
 
 def run_models(args, suite, models: list, state, device: str):
