@@ -49,12 +49,15 @@ def make_pairs(teacher: str, prompts_file: str, n: int, out: str | Path, steps: 
     settings = {"teacher": teacher, "prompts": [len(prompts), prompts[0], prompts[-1]], "n": n, "steps": steps,
                 "cfg": cfg, "seed": seed, "shard_size": shard_size, "dtype": dtype}
     out = Path(out)
-    _claim(out, settings)
+    _check(out, settings)
     shards = [s for s in range(-(-n // shard_size)) if not (out / shard_name(s)).exists()]
     if not shards:
         log(f"{out}: all {n} pairs are there")
         return out
+    if not Path(teacher).exists() and teacher.startswith((".", "/", "~")):
+        raise UserError(f"--teacher {teacher!r} does not exist: pass a local pipeline folder or an HF id")
     sampler = Sampler(load_model(spec, device=device, dtype=dtype), seed=seed)
+    _claim(out, settings)  # after the load: a teacher that fails to load leaves no folder behind
     begin = time.time()
     for shard in shards:
         indices = list(range(shard * shard_size, min(n, (shard + 1) * shard_size)))
@@ -75,8 +78,8 @@ def make_pairs(teacher: str, prompts_file: str, n: int, out: str | Path, steps: 
     return out
 
 
-def _claim(out: Path, settings: dict) -> None:
-    """Record the settings in a new folder; refuse a folder whose pairs were made otherwise."""
+def _check(out: Path, settings: dict) -> None:
+    """Refuse a folder whose pairs were made with other settings, or that holds files of unknown origin."""
     path = out / SETTINGS
     if path.exists():
         recorded = json.loads(path.read_text())
@@ -84,13 +87,18 @@ def _claim(out: Path, settings: dict) -> None:
             changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
             raise UserError(f"{out} holds pairs made with other settings ({', '.join(changed)} differ): "
                             "pass another -o folder or the same settings")
-        return
-    if out.exists() and any(out.glob("*.safetensors")):
+    elif out.exists() and any(out.glob("*.safetensors")):
         raise UserError(f"{out} already holds .safetensors files but no {SETTINGS}: pass an empty or new -o folder")
+
+
+def _claim(out: Path, settings: dict) -> None:
+    """Record the settings (checked by ``_check``) in the output folder."""
+    if (out / SETTINGS).exists():
+        return
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{SETTINGS}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, path)
+    os.replace(tmp, out / SETTINGS)
 
 
 def main(argv: list[str] | None = None) -> Path:

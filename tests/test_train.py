@@ -227,6 +227,13 @@ def test_make_pairs_matches_the_pipeline_and_resumes(world, tmp_path, capsys):
     assert code.value.code == 2 and "other settings (cfg differ)" in capsys.readouterr().err
     assert (out / shards[1]).read_bytes() == middle
 
+    missing = list(args)
+    missing[missing.index("--teacher") + 1], missing[missing.index("-o") + 1] = "./nowhere", str(tmp_path / "new")
+    with pytest.raises(SystemExit):  # a teacher that cannot load: one line, no folder left behind
+        make_pairs.main(missing)
+    assert "--teacher './nowhere' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["full", "lora"])
