@@ -71,17 +71,14 @@ def batch_indices(step: int, count: int, batch_size: int, seed: int, num_process
 
 def sha256_of(*locations: str | None) -> str | None:
     """One digest over local weight files and folders (``bench.load.weights_sha256``); None if none is local."""
+    from bench.features import file_sha256
     from bench.load import weights_sha256
 
     digests = []
     for location in locations:
         path = Path(location) if location else None
         if path is not None and path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    digest.update(block)
-            digests.append(digest.hexdigest())
+            digests.append(file_sha256(path))
         elif path is not None and path.is_dir():
             digests.append(weights_sha256(path))
     return hashlib.sha256("".join(d for d in digests if d).encode()).hexdigest() if any(digests) else None

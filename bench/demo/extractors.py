@@ -18,7 +18,6 @@ models also expose a differentiable torch path for losses: ``encode_image(x)`` o
 [0, 1] (1 or 3 channels, 8x8) and ``encode_text(list[str])``, both returning unit vectors.
 """
 
-import hashlib
 import json
 import os
 import time
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.demo.data import PROMPTS, digits, split, uint8_to_unit
-from bench.features import FeatureExtractor, TextImageExtractor
+from bench.features import FeatureExtractor, TextImageExtractor, file_sha256
 
 VOCAB_SIZE = 49408  # the CLIP BPE vocabulary
 
@@ -114,14 +113,6 @@ class ContrastiveModel(nn.Module):
 
 
 # --- weights files ------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _save(model: nn.Module, path: Path, kind: str, config) -> None:
@@ -240,7 +231,7 @@ class DemoClassifierExtractor(FeatureExtractor):
         self.model.to(device)
         self.device, self.batch_size = device, batch_size
         self.weights = Path(weights)
-        self.id = f"demo-classifier:gray8:fc{self.config['feature_dim']}:sha256={sha256_file(weights)}"
+        self.id = f"demo-classifier:gray8:fc{self.config['feature_dim']}:sha256={file_sha256(weights)}"
 
     @torch.no_grad()
     def image_features(self, images: np.ndarray) -> np.ndarray:
@@ -267,7 +258,7 @@ class DemoContrastiveExtractor(TextImageExtractor):
         self.tokenizer = tokenizer if tokenizer is not None else _tokenizer_near(Path(weights))
         self.device, self.batch_size = device, batch_size
         self.weights = Path(weights)
-        self.id = f"{name}:gray8:d{self.config['embed_dim']}:sha256={sha256_file(weights)}"
+        self.id = f"{name}:gray8:d{self.config['embed_dim']}:sha256={file_sha256(weights)}"
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Float NCHW images in [0, 1] (1 or 3 channels, 8x8) -> (N, D) unit vectors; gradients flow to x."""

@@ -113,12 +113,6 @@ def _log(message: str) -> None:
     log_stderr(message)
 
 
-def _sha256(path: Path) -> str:
-    from bench.demo.extractors import sha256_file
-
-    return sha256_file(path)
-
-
 def _unet_file(folder: Path) -> Path:
     for sub in ("unet_ema", "unet", "."):
         if (folder / sub / "diffusion_pytorch_model.safetensors").exists():
@@ -278,6 +272,7 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     """
     from bench.demo.data import PROMPTS
     from bench.demo.world import world_paths
+    from bench.features import file_sha256
 
     begin = time.time()
     world, paths = world_paths(world_root), student_paths(world_root)
@@ -287,7 +282,7 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     paths.root.mkdir(parents=True, exist_ok=True)
     if not paths.prompts.exists() or paths.prompts.read_text() != "\n".join(PROMPTS) + "\n":
         paths.prompts.write_text("\n".join(PROMPTS) + "\n")
-    teacher_sha = _sha256(_unet_file(world.teacher))
+    teacher_sha = file_sha256(_unet_file(world.teacher))
     common = dict(teacher=str(world.teacher), prompts=str(paths.prompts), device="cpu", report_to="none",
                   sample_every=0, checkpoint_every=10 if quick else 50, checkpoint_limit=1, log_every=10)
 
@@ -295,8 +290,8 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     full_key = dict(artefact="vsd-full", options=full, teacher_unet_sha256=teacher_sha, init="teacher")
     lora = lora_options(quick)
     lora_key = dict(artefact="vsd-lora-clip", options=lora, teacher_unet_sha256=teacher_sha, init="turbo",
-                    init_unet_sha256=_sha256(_unet_file(world.turbo)),
-                    clip_sha256=_sha256(world.contrastive_loss), tau_quantile=TAU_QUANTILE)
+                    init_unet_sha256=file_sha256(_unet_file(world.turbo)),
+                    clip_sha256=file_sha256(world.contrastive_loss), tau_quantile=TAU_QUANTILE)
 
     jobs = []
     if not _ready(paths.vsd_full, full_key):
@@ -332,8 +327,8 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
                 job.process.terminate()
                 job.process.wait()
 
-    merge_key = dict(artefact="merged", lam=MERGE_LAMBDA, a_sha256=_sha256(_unet_file(paths.vsd_full)),
-                     b_sha256=_sha256(_unet_file(paths.vsd_lora_clip)))
+    merge_key = dict(artefact="merged", lam=MERGE_LAMBDA, a_sha256=file_sha256(_unet_file(paths.vsd_full)),
+                     b_sha256=file_sha256(_unet_file(paths.vsd_lora_clip)))
     if not _ready(paths.merged, merge_key):
         _merge(paths.vsd_full, paths.vsd_lora_clip, paths.merged, world.teacher, merge_key)
     _log(f"demo students ready in {paths.root} ({time.time() - begin:.0f} s{', quick' if quick else ''})")

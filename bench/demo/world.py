@@ -215,11 +215,11 @@ def ensure_teacher(root: str | Path = "results/demo", quick: bool = False) -> Pa
 
 
 def ensure_turbo(root: str | Path = "results/demo", quick: bool = False) -> Path:
-    from bench.demo.extractors import sha256_file
+    from bench.features import file_sha256
 
     teacher = ensure_teacher(root, quick)
     path, config = world_paths(root).turbo, regression_config(quick)
-    key = dict(regression=asdict(config), teacher_unet_sha256=sha256_file(teacher / _PIPELINE_FILES[1]))
+    key = dict(regression=asdict(config), teacher_unet_sha256=file_sha256(teacher / _PIPELINE_FILES[1]))
     if not _folder_ready(path, key, _PIPELINE_FILES):
         from bench.demo.regression import train_regression
 
