@@ -161,14 +161,8 @@ def ensure_tokenizer(root: str | Path = "results/demo") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path)
     write_clip_tokenizer(tmp)
-    _install_folder_plain(tmp, path)
+    _install_folder(tmp, path)
     return path
-
-
-def _install_folder_plain(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
 
 
 def ensure_classifier(root: str | Path = "results/demo", quick: bool = False) -> Path:
@@ -197,21 +191,29 @@ _PIPELINE_FILES = ("model_index.json", "unet/diffusion_pytorch_model.safetensors
                    "tokenizer/vocab.json", "scheduler/scheduler_config.json", "vae/config.json")
 
 
-def ensure_teacher(root: str | Path = "results/demo", quick: bool = False) -> Path:
-    path, config = world_paths(root).teacher, teacher_config(quick)
-    key = dict(teacher=asdict(config))
+def _ensure_pipeline(path: Path, key: dict, train) -> Path:
+    """``path`` when it holds a pipeline made with ``key``; otherwise ``train(folder)`` into a temporary sibling,
+    then the key is added and the folder moved into place."""
     if not _folder_ready(path, key, _PIPELINE_FILES):
-        from bench.demo.teacher import train_teacher
-
-        tokenizer = ensure_tokenizer(root)
         tmp = _temp_sibling(path)
         try:
-            train_teacher(tmp, tokenizer, config)
+            train(tmp)
             _add_key(tmp, key)
             _install_folder(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def ensure_teacher(root: str | Path = "results/demo", quick: bool = False) -> Path:
+    path, config = world_paths(root).teacher, teacher_config(quick)
+
+    def train(folder: Path) -> None:
+        from bench.demo.teacher import train_teacher
+
+        train_teacher(folder, ensure_tokenizer(root), config)
+
+    return _ensure_pipeline(path, dict(teacher=asdict(config)), train)
 
 
 def ensure_turbo(root: str | Path = "results/demo", quick: bool = False) -> Path:
@@ -219,18 +221,14 @@ def ensure_turbo(root: str | Path = "results/demo", quick: bool = False) -> Path
 
     teacher = ensure_teacher(root, quick)
     path, config = world_paths(root).turbo, regression_config(quick)
-    key = dict(regression=asdict(config), teacher_unet_sha256=file_sha256(teacher / _PIPELINE_FILES[1]))
-    if not _folder_ready(path, key, _PIPELINE_FILES):
+
+    def train(folder: Path) -> None:
         from bench.demo.regression import train_regression
 
-        tmp = _temp_sibling(path)
-        try:
-            train_regression(teacher, tmp, config)
-            _add_key(tmp, key)
-            _install_folder(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+        train_regression(teacher, folder, config)
+
+    key = dict(regression=asdict(config), teacher_unet_sha256=file_sha256(teacher / _PIPELINE_FILES[1]))
+    return _ensure_pipeline(path, key, train)
 
 
 def ensure_world(root: str | Path = "results/demo", quick: bool = False) -> DemoWorld:
