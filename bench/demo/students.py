@@ -120,34 +120,12 @@ def _unet_file(folder: Path) -> Path:
     raise FileNotFoundError(f"no UNet weights under {folder}")
 
 
-def _marker(folder: Path) -> dict | None:
-    from bench.demo.teacher import MARKER
-
-    try:
-        return json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _ready(folder: Path, key: dict) -> bool:
-    """True when ``folder`` is complete and made with ``key``; a complete folder with another key is refused."""
-    marker = _marker(folder)
-    if marker is None:
-        return False
-    if marker.get("key") != key:
-        raise UserError(f"{folder} was made with other settings ({json.dumps(marker.get('key'), sort_keys=True)} "
-                        f"instead of {json.dumps(key, sort_keys=True)}): delete it to retrain, or use another "
-                        "demo root")
-    return True
-
-
 def _finish(tmp: Path, final: Path, key: dict, record: dict) -> None:
     from bench.demo.teacher import MARKER
+    from bench.demo.world import install_folder
 
     (tmp / MARKER).write_text(json.dumps({"key": key, **record}, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    install_folder(tmp, final)
 
 
 def _argv(options: dict) -> list[str]:
@@ -271,7 +249,7 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     Returns ``{"demo-vsd-full": folder, "demo-vsd-lora-clip": folder, "demo-merged": folder}``.
     """
     from bench.demo.data import PROMPTS
-    from bench.demo.world import world_paths
+    from bench.demo.world import folder_ready, world_paths
     from bench.features import file_sha256
 
     begin = time.time()
@@ -294,11 +272,11 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
                     clip_sha256=file_sha256(world.contrastive_loss), tau_quantile=TAU_QUANTILE)
 
     jobs = []
-    if not _ready(paths.vsd_full, full_key):
+    if not folder_ready(paths.vsd_full, full_key):
         jobs.append(_Job("demo-vsd-full", paths.vsd_full, paths.root / ".vsd-full.partial", full_key,
                          _argv({**common, **full, "student_init": str(world.teacher)}),
                          {"artefact": "vsd-full", "options": full}))
-    if not _ready(paths.vsd_lora_clip, lora_key):
+    if not folder_ready(paths.vsd_lora_clip, lora_key):
         tau, stats = clip_tau(world.turbo, world.contrastive_loss)
         _log(f"clamped CLIP stand-in: tau = {tau} (the {TAU_QUANTILE:g} quantile of demo-turbo's cosines {stats})")
         jobs.append(_Job("demo-vsd-lora-clip", paths.vsd_lora_clip, paths.root / ".vsd-lora-clip.partial", lora_key,
@@ -329,7 +307,7 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
 
     merge_key = dict(artefact="merged", lam=MERGE_LAMBDA, a_sha256=file_sha256(_unet_file(paths.vsd_full)),
                      b_sha256=file_sha256(_unet_file(paths.vsd_lora_clip)))
-    if not _ready(paths.merged, merge_key):
+    if not folder_ready(paths.merged, merge_key):
         _merge(paths.vsd_full, paths.vsd_lora_clip, paths.merged, world.teacher, merge_key)
     _log(f"demo students ready in {paths.root} ({time.time() - begin:.0f} s{', quick' if quick else ''})")
     return {"demo-vsd-full": paths.vsd_full, "demo-vsd-lora-clip": paths.vsd_lora_clip, "demo-merged": paths.merged}

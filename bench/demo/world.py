@@ -106,7 +106,7 @@ def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
 
 
-def _install_folder(tmp: Path, final: Path) -> None:
+def install_folder(tmp: Path, final: Path) -> None:
     """Move a complete temporary folder into place; a leftover incomplete folder is replaced."""
     if final.exists():
         from bench.demo.teacher import MARKER
@@ -118,13 +118,17 @@ def _install_folder(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
 
 
-def _folder_ready(folder: Path, key: dict, files: tuple[str, ...]) -> bool:
+def folder_ready(folder: Path, key: dict, files: tuple[str, ...] = ()) -> bool:
+    """True when ``folder`` holds ``files`` and a marker made with ``key``; a marker with another key is refused,
+    a missing or unreadable one means the folder is built again. (The demo students use it too.)"""
     from bench.demo.teacher import MARKER
 
-    marker = folder / MARKER
-    if not marker.exists() or not all((folder / f).exists() for f in files):
+    if not all((folder / f).exists() for f in files):
         return False
-    found = json.loads(marker.read_text()).get("key")
+    try:
+        found = json.loads((folder / MARKER).read_text()).get("key")
+    except (OSError, ValueError):
+        return False
     if found != key:
         raise _refuse(folder, found, key)
     return True
@@ -161,7 +165,7 @@ def ensure_tokenizer(root: str | Path = "results/demo") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path)
     write_clip_tokenizer(tmp)
-    _install_folder(tmp, path)
+    install_folder(tmp, path)
     return path
 
 
@@ -194,12 +198,12 @@ _PIPELINE_FILES = ("model_index.json", "unet/diffusion_pytorch_model.safetensors
 def _ensure_pipeline(path: Path, key: dict, train) -> Path:
     """``path`` when it holds a pipeline made with ``key``; otherwise ``train(folder)`` into a temporary sibling,
     then the key is added and the folder moved into place."""
-    if not _folder_ready(path, key, _PIPELINE_FILES):
+    if not folder_ready(path, key, _PIPELINE_FILES):
         tmp = _temp_sibling(path)
         try:
             train(tmp)
             _add_key(tmp, key)
-            _install_folder(tmp, path)
+            install_folder(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return path
