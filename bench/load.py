@@ -61,7 +61,7 @@ def resolve_layout(location: str, base: str | None = None) -> tuple[str, str | N
     path = Path(location)
     if not path.is_dir():
         if path.exists() or location.startswith((".", "/", "~")) or location.count("/") > 1:
-            raise UserError(f"model folder {location!r} does not exist: pass NAME=PATH with an existing folder")
+            raise UserError(f"model folder {location!r} does not exist: check the path, or pass an HF id")
         return location, "unet", base or location  # an HF id: a full pipeline repo
     if (path / "model_index.json").exists():
         return location, "unet", base or location

@@ -44,6 +44,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
 
 
+def changed_settings(recorded: dict, wanted: dict) -> list[str]:
+    """The top-level keys whose values differ between two settings dicts, sorted."""
+    return sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
+
+
 class SampleStore:
     def __init__(self, root: str | Path, n: int, shard_size: int, fingerprint: dict):
         self.root, self.n, self.shard_size = Path(root), n, shard_size
@@ -63,8 +68,7 @@ class SampleStore:
         if info.exists():
             existing = json.loads(info.read_text())
             if existing.get("key") != self.key:
-                changed = sorted(k for k in set(existing["fingerprint"]) | set(self.fingerprint)
-                                 if existing["fingerprint"].get(k) != self.fingerprint.get(k))
+                changed = changed_settings(existing["fingerprint"], self.fingerprint)
                 raise UserError(f"{self.root} holds samples made with other settings ({', '.join(changed)} differ): "
                                 "pass a new --out folder, or delete that folder to regenerate")
             return

@@ -24,6 +24,7 @@ import torch
 from bench.errors import UserError, exit_on_user_error
 from bench.load import hide_library_progress_bars, load_model
 from bench.registry import SD21, SD21_MIRROR, ModelSpec
+from bench.store import atomic_write_text, changed_settings
 from distill.prompts import load_prompts
 from distill.utils import write_real_pairs
 
@@ -84,8 +85,8 @@ def _check(out: Path, settings: dict) -> None:
     if path.exists():
         recorded = json.loads(path.read_text())
         if recorded != settings:
-            changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
-            raise UserError(f"{out} holds pairs made with other settings ({', '.join(changed)} differ): "
+            raise UserError(f"{out} holds pairs made with other settings "
+                            f"({', '.join(changed_settings(recorded, settings))} differ): "
                             "pass another -o folder or the same settings")
     elif out.exists() and any(out.glob("*.safetensors")):
         raise UserError(f"{out} already holds .safetensors files but no {SETTINGS}: pass an empty or new -o folder")
@@ -95,10 +96,7 @@ def _claim(out: Path, settings: dict) -> None:
     """Record the settings (checked by ``_check``) in the output folder."""
     if (out / SETTINGS).exists():
         return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SETTINGS}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, out / SETTINGS)
+    atomic_write_text(out / SETTINGS, json.dumps(settings, indent=1))
 
 
 def main(argv: list[str] | None = None) -> Path:
