@@ -165,8 +165,7 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
         work = [(shard, [protocol.captions[j] for j in indices], indices)
                 for shard in pending for indices in [store.shard_indices(shard)]]
         for shard, arrays in pipeline.run_shards(work, args.batch_size, bar.update):
-            store.write_shard(shard, {"indices": store.shard_indices(shard), "finite": arrays.pop("finite"),
-                                      **{f"features_{role}": v for role, v in arrays.items()}})
+            store.write_features(shard, arrays)
     pipeline.close()
     timings["generate_and_features_s"] = time.perf_counter() - start
     timings["samples"] = total

@@ -93,6 +93,11 @@ class SampleStore:
         assert np.array_equal(arrays["indices"], self.shard_indices(shard))
         atomic_write_bytes(self.shard_path(shard), lambda f: np.savez(f, store_key=np.array(self.key), **arrays))
 
+    def write_features(self, shard: int, arrays: dict) -> None:
+        """A shard from ``FeaturePipeline``'s arrays: the finite mask and one ``features_<role>`` per extractor."""
+        features = {f"features_{role}": v for role, v in arrays.items() if role != "finite"}
+        self.write_shard(shard, {"indices": self.shard_indices(shard), "finite": arrays["finite"], **features})
+
     def pending(self, rank: int = 0, world_size: int = 1) -> list[int]:
         """This process's shards that still need generating (shard s belongs to rank s % world_size)."""
         return [s for s in range(rank, self.num_shards, world_size) if self.load_shard(s) is None]

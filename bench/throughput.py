@@ -234,10 +234,8 @@ def run_ours(model, extractors: dict, args, n: int, folder: Path, deadline: floa
         work = ((shard, prompts(indices), indices) for shard in range(store.num_shards)
                 for indices in [store.shard_indices(shard)])
         for shard, arrays in pipeline.run_shards(work, batch):
-            indices = store.shard_indices(shard)
-            store.write_shard(shard, {"indices": indices, "finite": arrays.pop("finite"),
-                                      **{f"features_{role}": v for role, v in arrays.items()}})
-            done += len(indices)
+            store.write_features(shard, arrays)
+            done += len(arrays["finite"])
             if time.perf_counter() > deadline:
                 break
         if saver:
