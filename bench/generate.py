@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from bench.load import LoadedModel, encode_prompts
-from bench.sampling import alphas_cumprod, denoise, onestep_timestep, onestep_x0, sample_noise
+from bench.sampling import alphas_cumprod, denoise, onestep_timestep, onestep_x0, sample_noise, to_device
 
 
 class Sampler:
@@ -42,7 +42,8 @@ class Sampler:
 
     def noise(self, indices) -> torch.Tensor:
         """The starting noise of samples ``indices``, drawn on the CPU so that every device and batch size agree."""
-        return sample_noise(self.seed, indices, self.model.latent_shape).to(self.model.device, self.model.dtype)
+        noise = sample_noise(self.seed, indices, self.model.latent_shape)
+        return to_device(noise, self.model.device).to(self.model.dtype)
 
     @torch.no_grad()
     def latents(self, prompts: list[str], indices) -> torch.Tensor:
@@ -77,7 +78,9 @@ class FeaturePipeline:
 
     The GPU never waits for the CPU: each batch is copied into pinned memory without a sync, a CUDA
     event marks when the copy is done, and a worker thread takes it from there (PIL releases the GIL in
-    decode and resize). At most ``max_inflight`` batches wait, which bounds host memory.
+    decode and resize). The workers' GPU work runs on a stream of its own, so their blocking input copies
+    wait for earlier feature work only, never for the generation queued on the default stream. At most
+    ``max_inflight`` batches wait, which bounds host memory.
     """
 
     def __init__(self, sampler: Sampler, to_metric_images, extractors: dict, saver=None, workers: int = 4,
@@ -86,6 +89,7 @@ class FeaturePipeline:
         self.pool = ThreadPoolExecutor(workers)
         self.max_inflight = max_inflight
         self.cuda = sampler.model.device.type == "cuda"
+        self.feature_stream = torch.cuda.Stream(sampler.model.device) if self.cuda else None
 
     def _post(self, images: torch.Tensor, finite: torch.Tensor, indices, done_event) -> dict:
         if done_event is not None:
@@ -94,7 +98,9 @@ class FeaturePipeline:
         if self.saver:
             self.saver.submit(images, indices)
         metric_images = self.to_metric_images(images)
-        return {"finite": finite, **{role: e.image_features(metric_images) for role, e in self.extractors.items()}}
+        with torch.cuda.stream(self.feature_stream):  # None (a CPU run): no-op
+            features = {role: e.image_features(metric_images) for role, e in self.extractors.items()}
+        return {"finite": finite, **features}
 
     def _hand_off(self, images: torch.Tensor, finite: torch.Tensor, indices):
         if not self.cuda:

@@ -15,6 +15,7 @@ import torch
 
 from bench.errors import UserError
 from bench.registry import SD_TURBO, ModelSpec
+from bench.sampling import to_device
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -202,4 +203,4 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     """SD 2.x conditioning: the text encoder's last hidden state over 77 padded tokens, no attention mask."""
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
+    return text_encoder(to_device(ids, text_encoder.device))[0]

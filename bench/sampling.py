@@ -33,11 +33,22 @@ def x0_from_eps(noisy: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor | f
     ``abar_t`` is a float or a per-sample tensor (broadcast over C, H, W).
     """
     dtype = torch.promote_types(noisy.dtype, torch.float32)
-    abar = torch.as_tensor(abar_t, dtype=torch.float64, device=noisy.device)
+    if isinstance(abar_t, torch.Tensor):
+        abar = abar_t.to(noisy.device, torch.float64)
+    else:  # a fill kernel: as_tensor(float, device=cuda) is a blocking copy that drains the GPU's queue
+        abar = torch.full((), abar_t, dtype=torch.float64, device=noisy.device)
     if abar.ndim == 1:
         abar = abar.view(-1, *([1] * (noisy.ndim - 1)))
     alpha, sigma = abar.sqrt().to(dtype), (1 - abar).sqrt().to(dtype)
     return (noisy.to(dtype) - sigma * eps.to(dtype)) / alpha
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without stalling: a copy from pageable memory waits for all queued GPU work,
+    one from pinned memory is queued behind it (the caching host allocator keeps the buffer until it is done)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def sample_seed(seed: int, index: int) -> int:
