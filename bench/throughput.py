@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 import warnings
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +34,7 @@ import torch
 
 from bench.features import ClipExtractor, InceptionExtractor
 from bench.generate import FeaturePipeline, Sampler
-from bench.load import LoadedModel
+from bench.load import LoadedModel, encode_prompts
 from bench.protocol import to_metric_images
 from bench.registry import ModelSpec
 from bench.sd21 import SCHEDULER
@@ -242,9 +243,49 @@ def run_ours(model, extractors: dict, args, n: int, folder: Path, deadline: floa
             saver.close()
         wall = time.perf_counter() - start
     pipeline.close()
+    result = {"images": done, "wall_s": wall, "warmup_s": warmup, "img_s": done / wall, "gpu_busy": busy.share,
+              "truncated": done < n, "compiled": args.compile}
+    if args.components and time.perf_counter() < deadline:
+        result["components_ms_per_image"] = component_times(sampler, extractors, batch, reps=3 if n_steps(model) == 1
+                                                            else 1)
     torch.backends.cudnn.benchmark = False
-    return {"images": done, "wall_s": wall, "warmup_s": warmup, "img_s": done / wall, "gpu_busy": busy.share,
-            "truncated": done < n, "compiled": args.compile}
+    return result
+
+
+def n_steps(model) -> int:
+    return 1 if model.spec.kind == "one-step" else model.spec.steps
+
+
+def component_times(sampler, extractors: dict, batch: int, reps: int) -> dict:
+    """Milliseconds per image of each part of ours, one batch at a time on the calling thread, synchronised.
+
+    Against the stage's own ms per image this says where the time goes: a slow part, or time lost between
+    parts (hand-off, threads) when the parts add up to less than the stage. Parts marked "(in latents)" are
+    also inside the latents row.
+    """
+    model = sampler.model
+    indices = np.arange(batch)
+    texts = prompts(indices)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+
+    def ms(fn):
+        sync()
+        start = time.perf_counter()
+        for _ in range(reps):
+            out = fn()
+        sync()
+        return (time.perf_counter() - start) / reps / batch * 1e3, out
+
+    times = {}
+    times["text encoder (in latents)"], _ = ms(lambda: encode_prompts(model.tokenizer, model.text_encoder, texts))
+    times["noise draw + copy (in latents)"], _ = ms(lambda: sampler.noise(indices))
+    times[f"latents (text, noise, UNet x{n_steps(model)})"], latents = ms(lambda: sampler.latents(texts, indices))
+    times["VAE decode + uint8"], (images, _) = ms(lambda: sampler.decode_images(latents))
+    times["device to host"], host = ms(lambda: images.cpu().numpy())
+    times["metric resize 256 px (CPU)"], metric = ms(lambda: to_metric_images(host))
+    for role, extractor in extractors.items():
+        times[f"{role} features (CPU preprocessing + forward)"], _ = ms(partial(extractor.image_features, metric))
+    return times
 
 
 def check_equivalence(plain_model, fast_model, inception, clip, args, n: int) -> dict:
@@ -324,6 +365,11 @@ def table(results: dict, meta: dict) -> str:
                      f"{fmt(ratio, '.2f'):>8}{tflops:>9.2f}{fmt(tflops / PEAK_TFLOPS * 100 if on_gpu else None):>8}"
                      f"{fmt(r['gpu_busy'] * 100 if r.get('gpu_busy') is not None else None):>9}  {note}"
                      f"{' (TRUNCATED by --budget-s)' if r['truncated'] else ''}")
+        parts = r.get("components_ms_per_image")
+        if parts:
+            total = sum(value for part, value in parts.items() if "(in latents)" not in part)
+            lines.append(f"    parts, one at a time (stage: {1e3 / r['img_s']:.2f} ms/img; parts sum {total:.2f}): "
+                         + "; ".join(f"{part} {value:.2f}" for part, value in parts.items()))
     lines.append(f"% peak: of {PEAK_TFLOPS:.0f} TFLOP/s dense fp16 (H100), n/a off a GPU; FLOPs per image: text "
                  "encoder and UNet x steps x (2 if cfg), VAE decoder, + Inception + CLIP image tower for ours; "
                  "warm-up (untimed) holds torch.compile; CLIP " + meta["clip_precision"])
@@ -355,6 +401,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=4, help="FeaturePipeline worker threads")
     p.add_argument("--shard-size", type=int, default=1024, help="SampleStore shard (rounded to the batch size)")
     p.add_argument("--png", action="store_true", help="ours also writes 512 px PNGs (PngWriter)")
+    p.add_argument("--components", action=argparse.BooleanOptionalAction, default=True,
+                   help="after each of our stages, time its parts one at a time (ms per image)")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--check-equivalence", type=int, default=0, metavar="N", help="plain vs fast path on N images")
     p.add_argument("--budget-s", type=float, default=420, help="no stage starts, and timed loops stop, after this")
@@ -430,7 +478,7 @@ def measure(args, scratch: Path) -> dict:
             if naive_row.get("img_s_without_png"):
                 result["x_naive_without_png"] = result["img_s"] / naive_row["img_s_without_png"]
         results[name] = result
-        print(table({name: result}, meta).splitlines()[1], flush=True)
+        print("\n".join(table({name: result}, meta).splitlines()[1:-1]), flush=True)
         save(out, meta, results, equivalence)
 
     # 2-5. The four timed stages, in order; each starts only inside the budget.

@@ -6,12 +6,13 @@
 #
 # Sizing, from shared/reference/h100_baseline.md (H100, batch 16 naive, batch 64 ours), for ~6 minutes in all:
 #   setup (imports, random SD 2.1 + ViT-g-14 + Inception built on the GPU, FLOP count)           ~30 s
-#   naive one-step, 768 images: 45.6 img/s generation + ~35 ms/PNG inline (one core)            ~45 s
-#   ours one-step, 768 images: torch.compile UNet ~50 s + VAE ~15 s (warm-up, untimed), ~90 img/s ~80 s
+#   naive one-step, 640 images: 45.6 img/s generation + ~48 ms/PNG inline (one core, measured) ~45 s
+#   ours one-step, 640 images: torch.compile UNet ~50 s + VAE ~15 s (warm-up, untimed), >20 img/s ~95 s
 #   naive 25-step cfg 7.5, 128 images at 6.1 img/s, plus one warm-up batch of 16               ~30 s
 #   ours 25-step, 128 images: UNet recompiled at the cfg batch (~50 s) + warm-up batch of 64     ~75 s
 #   equivalence, 256 one-step images (plain eager fp32-CLIP path + fast path, two 2048-d FIDs)  ~25 s
-# about 285 s; --budget-s 330 stops timed loops and skips stages past it (partial rows are marked), and the
+#   parts of each of our stages timed one at a time (--components; 25-step: one batch of latents) ~20 s
+# about 315 s; --budget-s 330 stops timed loops and skips stages past it (partial rows are marked), and the
 # program's watchdog (budget + 90 s) ends a hung run with a traceback. JSON + table are rewritten after each stage.
 # channels_last is off: the one H100 run so far used it eagerly and its VAE decode ran at a third of the rate the
 # reference measured for contiguous eager (reports/throughput.md); pass --channels-last to compare.
@@ -22,5 +23,5 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python3 -m bench.throughput \
-  --out "$OUT/throughput.json" --batch-size 64 --n-onestep 768 --n-multistep 128 --check-equivalence 256 \
+  --out "$OUT/throughput.json" --batch-size 64 --n-onestep 640 --n-multistep 128 --check-equivalence 256 \
   --compile --cudnn-benchmark --clip-precision fp16 --budget-s 330 "$@" 2>&1 | tee "$OUT/throughput.log"

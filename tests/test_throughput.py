@@ -37,12 +37,24 @@ def test_table_has_every_stage_with_positive_throughput(tiny_run):
         assert row["img_s"] > 0 and row["wall_s"] > 0 and row["flops_per_image"] > 0
         assert row["label"] in stdout and row["label"] in report["table"]
     assert stages["ours-1step"]["x_naive"] > 0 and stages["ours-25step"]["x_naive"] > 0
+    assert "components_ms_per_image" not in stages["naive-1step"]
     # 25 steps with cfg cost about 50 one-step UNet passes: the FLOP count says so
     assert stages["naive-25step"]["flops_per_image"] > 10 * stages["naive-1step"]["flops_per_image"]
     for row in ("naive one-step (PNG inline)", "ours one-step", "naive 25-step cfg 7.5", "ours 25-step cfg 7.5"):
         assert row in report["table"]
     assert "n/a" in report["table"]  # no FLOP-limit fraction or GPU busy share on a CPU
     assert report["meta"]["device_type"] == "cpu" and report["meta"]["torch"]
+
+
+def test_our_stages_time_their_parts(tiny_run):
+    stdout, report = tiny_run
+    one, many = (report["stages"][name]["components_ms_per_image"] for name in ("ours-1step", "ours-25step"))
+    assert list(one) == [part.replace("x25", "x1") for part in many]
+    assert "latents (text, noise, UNet x25)" in many and "clip features (CPU preprocessing + forward)" in many
+    assert all(value >= 0 for value in [*one.values(), *many.values()])
+    # 25 cfg steps run 50 UNet passes where one-step runs one; the VAE decode is the same work in both
+    assert many["latents (text, noise, UNet x25)"] > 5 * one["latents (text, noise, UNet x1)"]
+    assert stdout.count("parts, one at a time") == 2 * 2  # each stage's line, then the final table's
 
 
 def test_equivalence_is_exact_on_the_cpu(tiny_run):
