@@ -389,8 +389,10 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="tiny configs: the same code on a CPU in seconds")
     p.add_argument("--batch-size", type=int, help="our engine's batch (default 64 on a GPU, 8 on a CPU)")
     p.add_argument("--naive-batch-size", type=int, default=16)
-    p.add_argument("--n-onestep", type=int, help="images per one-step stage (default 768; tiny 16)")
-    p.add_argument("--n-multistep", type=int, help="images per 25-step stage (default 128; tiny 8)")
+    p.add_argument("--n-onestep", type=int, help="images per one-step stage (default 768; tiny 16; 0 skips both)")
+    p.add_argument("--n-multistep", type=int, help="images per 25-step stage (default 128; tiny 8; 0 skips both)")
+    p.add_argument("--naive-max-images", type=int, help="at most this many images in a naive stage (its rate is "
+                   "steady, and at 14 img/s with PNGs a 2,000-image naive stage would take most of a device session)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
@@ -413,8 +415,8 @@ def parse_args(argv=None):
     args.batch_size = args.batch_size or (64 if gpu else 8)
     args.clip_precision = args.clip_precision or ("fp16" if gpu else "fp32")
     up = lambda n: -(-n // args.batch_size) * args.batch_size  # noqa: E731 - whole batches: no recompiles
-    args.n_onestep = up(args.n_onestep or (16 if args.tiny else 768))
-    args.n_multistep = up(args.n_multistep or (8 if args.tiny else 128))
+    args.n_onestep = up((16 if args.tiny else 768) if args.n_onestep is None else args.n_onestep)
+    args.n_multistep = up((8 if args.tiny else 128) if args.n_multistep is None else args.n_multistep)
     args.check_equivalence = up(args.check_equivalence) if args.check_equivalence else 0
     args.shard_size = up(args.shard_size)
     return args
@@ -489,7 +491,9 @@ def measure(args, scratch: Path) -> dict:
     print(table({}, meta).splitlines()[0], flush=True)
     for name, label, (steps, cfg) in stages:
         n = args.n_onestep if steps == 1 else args.n_multistep
-        if time.perf_counter() > deadline or (args.skip_naive and name.startswith("naive")):
+        if name.startswith("naive") and args.naive_max_images is not None:
+            n = min(n, args.naive_max_images)
+        if n <= 0 or time.perf_counter() > deadline or (args.skip_naive and name.startswith("naive")):
             print(f"{label}: skipped", flush=True)
             continue
         folder, result = scratch / name, None

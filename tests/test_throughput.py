@@ -71,3 +71,12 @@ def test_budget_guard_skips_stages_and_still_writes(tmp_path):
     report = json.loads((tmp_path / "t.json").read_text())
     assert report["stages"] == {} and report["equivalence"] is None
     assert "naive one-step (PNG inline): skipped" in stdout and "flops_per_image" in report["meta"]
+
+
+def test_zero_images_skip_a_sampling_mode_and_naive_stages_can_be_capped(tmp_path):
+    run_tiny(tmp_path / "t.json", "--n-onestep", "16", "--n-multistep", "0", "--naive-max-images", "8",
+             "--batch-size", "8", "--naive-batch-size", "8", "--no-components")
+    stages = json.loads((tmp_path / "t.json").read_text())["stages"]
+    assert list(stages) == ["naive-1step", "ours-1step"]
+    assert stages["naive-1step"]["images"] == 8 and stages["ours-1step"]["images"] == 16
+    assert "components_ms_per_image" not in stages["ours-1step"]
