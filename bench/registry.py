@@ -7,6 +7,7 @@ and SwiftBrush in one step. The paper's numbers for each row live in ``PAPER_TAB
 import dataclasses
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.errors import UserError
 
@@ -94,15 +95,19 @@ def unknown_name_message(name: str, valid) -> str:
 def resolve(entry: str, registry: dict[str, ModelSpec] = MODELS) -> ModelSpec:
     """A ``--models`` entry: a registered name, or ``NAME=PATH_OR_ID``.
 
-    ``NAME=...`` on a registered name keeps its settings (steps, cfg, base) and points it at the new
-    weights; on a new name it makes a one-step model.
+    ``NAME=...`` on a registered name keeps its settings (steps, cfg, base unless the folder's
+    ``bench_base.json`` names one) and points it at the new weights; on a new name it makes a one-step model.
     """
     if "=" in entry:
         name, location = (part.strip() for part in entry.split("=", 1))
         if not name or not location:
             raise UserError(f"model entry {entry!r}: expected NAME=PATH_OR_HF_ID")
         if name in registry:
-            return dataclasses.replace(registry[name], source=location, unet=None)
+            # A UNet folder that names its own base (bench_base.json, written by distill) keeps it: the
+            # registered base is only the default for folders that do not say.
+            own_base = (Path(location) / "bench_base.json").is_file()
+            return dataclasses.replace(registry[name], source=location, unet=None,
+                                       base=None if own_base else registry[name].base)
         return ModelSpec(name, location)
     if entry not in registry:
         raise UserError(unknown_name_message(entry, registry))

@@ -6,6 +6,7 @@ import json
 import platform
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,31 +23,49 @@ PACKAGES = ["torch", "torchvision", "diffusers", "transformers", "accelerate", "
 
 
 class PngWriter:
-    """Writes 512 px PNGs from a background pool: encoding costs ~40 ms of a core per image."""
+    """Writes 512 px PNGs from a background pool: encoding costs ~40 ms of a core per image.
 
-    def __init__(self, folder: Path, workers: int = 4):
+    ``submit`` blocks while ``max_pending`` images wait, so a generator faster than the encoders is slowed
+    down instead of filling host memory with pinned batches.
+    """
+
+    def __init__(self, folder: Path, workers: int = 4, max_pending: int = 512):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.pool, self.futures = ThreadPoolExecutor(workers), []
+        self.pool, self.futures = ThreadPoolExecutor(workers), {}
+        self.slots = threading.BoundedSemaphore(max_pending)
 
     def _write(self, image: np.ndarray, index: int) -> None:
-        atomic_write_bytes(self.folder / f"{index:08d}.png", lambda f: Image.fromarray(image).save(f, format="PNG"))
+        try:
+            atomic_write_bytes(self.folder / f"{index:08d}.png",
+                               lambda f: Image.fromarray(image).save(f, format="PNG"))
+        finally:
+            self.slots.release()
 
     def submit(self, images: np.ndarray, indices) -> None:
-        self.futures += [self.pool.submit(self._write, image, int(i)) for image, i in zip(images, indices)]
+        for image, index in zip(images, indices):
+            self.slots.acquire()
+            self.futures[int(index)] = self.pool.submit(self._write, image, int(index))
+
+    def wait(self, indices) -> None:
+        """Until the PNGs of ``indices`` are on disk (raises a write's error)."""
+        for index in indices:
+            future = self.futures.pop(int(index), None)
+            if future is not None:
+                future.result()
 
     def close(self) -> None:
-        for future in self.futures:
-            future.result()
+        self.wait(list(self.futures))
         self.pool.shutdown()
 
 
 def _git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        here = Path(__file__).parent  # this checkout's commit, wherever the command runs from
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=here).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
+                               text=True, cwd=here).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -135,7 +154,7 @@ def write_grid(out_png: Path, specs, stores, captions) -> Path | None:
              if (stores[s.name].root / "grid.npz").exists()}
     if not grids:
         return None
-    columns = len(next(iter(grids.values()))["indices"])
+    columns = min(len(grid["indices"]) for grid in grids.values())  # a model left out of this run may keep more
     fig, axes = plt.subplots(len(grids), columns, figsize=(1.6 * columns, 1.7 * len(grids)), squeeze=False)
     for row, (name, grid) in enumerate(grids.items()):
         for col in range(columns):

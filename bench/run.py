@@ -10,6 +10,7 @@ import importlib
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,8 @@ from bench import report
 from bench.errors import UserError, exit_on_user_error
 from bench.registry import MODELS, resolve
 from bench.store import SampleStore, atomic_write_bytes, atomic_write_text
+
+PR_K = 3  # the protocol's neighbourhood size (Kynkäänniemi et al.)
 
 EPILOG = """examples:
   python -m bench.run --suite demo
@@ -72,6 +75,8 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "grid" else 1):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.n is not None and args.n <= PR_K:
+        raise UserError(f"--n {args.n}: precision/recall with k = {PR_K} needs more than {PR_K} samples")
     if not 0 <= args.max_nonfinite <= 1:
         raise UserError(f"--max-nonfinite is a fraction in [0, 1], got {args.max_nonfinite}")
 
@@ -81,8 +86,16 @@ def pick_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: the bench runs on cpu or cuda")
     return name
 
 
@@ -140,6 +153,14 @@ def grid_indices(n: int, count: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, count).round().astype(int).tolist())) if count else []
 
 
+def grid_is_current(path: Path, indices: list[int]) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as grid:
+            return grid["indices"].tolist() == list(indices)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return False
+
+
 def generate(spec, protocol, store: SampleStore, extractors: dict, args, device: str, rank: int, world: int,
              loader=None) -> dict:
     """Make this process's missing shards (and the grid on the main process); returns timings."""
@@ -148,16 +169,20 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
     from bench.generate import FeaturePipeline, Sampler
     from bench.load import load_model
 
-    grid_path = store.root / "grid.npz"
-    pending = store.pending(rank, world)
-    need_grid = rank == 0 and args.grid and not grid_path.exists()
+    grid_path, png_folder = store.root / "grid.npz", store.root / "images"
+    missing_features = store.pending(rank, world)
+    pending = missing_features
+    if args.save_images:  # a shard made without --save-images, or killed before its PNGs, is made again
+        pending = [s for s in range(rank, store.num_shards, world) if s in missing_features or any(
+            not (png_folder / f"{i:08d}.png").exists() for i in store.shard_indices(s))]
+    need_grid = rank == 0 and args.grid and not grid_is_current(grid_path, grid_indices(store.n, args.grid))
     if not pending and not need_grid:
         return {}
     timings, start = {}, time.perf_counter()
     model = loader() if loader else load_model(spec, device=device, dtype=args.dtype)
     sampler = Sampler(model, seed=args.seed, compile=args.compile)
     timings["load_s"] = time.perf_counter() - start
-    saver = report.PngWriter(store.root / "images") if args.save_images else None
+    saver = report.PngWriter(png_folder) if args.save_images else None
     pipeline = FeaturePipeline(sampler, protocol.to_metric_images, extractors, saver)
     start = time.perf_counter()
     total = sum(len(store.shard_indices(s)) for s in pending)
@@ -165,7 +190,10 @@ def generate(spec, protocol, store: SampleStore, extractors: dict, args, device:
         work = [(shard, [protocol.captions[j] for j in indices], indices)
                 for shard in pending for indices in [store.shard_indices(shard)]]
         for shard, arrays in pipeline.run_shards(work, args.batch_size, bar.update):
-            store.write_features(shard, arrays)
+            if saver:  # a shard on disk promises its PNGs: a run killed now resumes with both
+                saver.wait(store.shard_indices(shard))
+            if shard in missing_features:  # a complete shard is kept as it is, even when its PNGs were remade
+                store.write_features(shard, arrays)
     pipeline.close()
     timings["generate_and_features_s"] = time.perf_counter() - start
     timings["samples"] = total
@@ -191,22 +219,26 @@ def evaluate(store: SampleStore, reference: dict, text_features: np.ndarray, arg
     if nonfinite > args.max_nonfinite * len(finite):
         raise UserError(f"{store.root}: {nonfinite} of {len(finite)} samples decoded to NaN/inf (limit "
                         f"--max-nonfinite {args.max_nonfinite}): check the model's dtype (try --dtype float32)")
+    if finite.sum() <= PR_K:
+        raise UserError(f"{store.root}: {int(finite.sum())} finite samples, but precision/recall with k = {PR_K} "
+                        f"needs more than {PR_K} (and FID at least 2): raise --n")
     gen = {role: data[key][finite] for key in data if key.startswith("features_") for role in [key[9:]]}
     pr_role = "pr" if "pr" in gen else "fid"
-    precision, recall = precision_recall(reference[pr_role], gen[pr_role], k=3, device=device)
+    precision, recall = precision_recall(reference[pr_role], gen[pr_role], k=PR_K, device=device)
     kid_mean, kid_std = kid_from_features(reference["fid"], gen["fid"], seed=0)
     scores = clip_scores(gen["clip"], text_features[data["indices"][finite]])
-    np.save(store.root / "clip_scores.npy", scores)
+    fid = fid_from_features(reference["fid"], gen["fid"])
+    atomic_write_bytes(store.root / "clip_scores.npy", lambda f: np.save(f, scores))
     return {
         "n_samples": int(finite.sum()),
-        "fid": fid_from_features(reference["fid"], gen["fid"]),
+        "fid": fid,
         "precision": float(precision),
         "recall": float(recall),
         "clip_score": float(scores.mean()),
         "kid": float(kid_mean),
         "kid_std": float(kid_std),
         "nonfinite_samples": nonfinite,
-        "pr_features": args.pr_features,
+        "pr_features": args.pr_features if pr_role == "pr" else "fid",
     }
 
 
@@ -247,6 +279,10 @@ def run_models(args, suite, models: list, state, device: str):
     """
     from bench import features
 
+    names = [spec.name for spec, _, _ in models]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise UserError(f"model name(s) {', '.join(repeated)} given more than once: each model needs its own name "
+                        "(NAME=PATH), since its samples are stored under it")
     rank, world = state.process_index, state.num_processes
     protocol, out = suite.protocol, suite.out
     shard_size = args.shard_size or (200 if args.suite == "demo" else 1000)

@@ -66,6 +66,14 @@ def merged_loader(spec_a, spec_b, w: float, device: str, dtype: str | None, cach
     return load
 
 
+def point_names(grid: list[float]) -> list[str]:
+    """``w0.25``-style names with as many decimals as tell the points apart: each point has its own store."""
+    digits = 2
+    while len({f"{w:.{digits}f}" for w in grid}) < len(set(grid)):
+        digits += 1
+    return [f"w{w:.{digits}f}" for w in grid]
+
+
 def plot(frame: pd.DataFrame, name_a: str, name_b: str, path: Path) -> None:
     import matplotlib
 
@@ -102,9 +110,9 @@ def run_sweep(args, suite, state, device: str) -> pd.DataFrame | None:
     for spec in (spec_a, spec_b):
         if spec.kind != "one-step":
             raise UserError(f"--a/--b {spec.name!r} is a {spec.kind} model: the sweep merges one-step students")
-    cache, models = {}, []
-    for w in parse_grid(args.lams):
-        point = dataclasses.replace(spec_a, name=f"w{w:.2f}", paper_row=None, hint="")
+    cache, models, grid = {}, [], parse_grid(args.lams)
+    for w, name in zip(grid, point_names(grid)):
+        point = dataclasses.replace(spec_a, name=name, paper_row=None, hint="")
         provenance = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "w_of_b": w, "convention": CONVENTION}
         models.append((point, merged_loader(spec_a, spec_b, w, device, args.dtype, cache), provenance))
     done = run_models(args, suite, models, state, device)

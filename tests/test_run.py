@@ -17,6 +17,7 @@ from PIL import Image
 from bench.generate import Sampler
 from bench.load import load_model
 from bench.registry import ModelSpec
+from bench.run import build_parser, setup_suite
 from bench.sampling import alphas_cumprod, sample_noise, x0_from_eps
 from bench.testing import make_tiny_pipeline
 
@@ -166,7 +167,8 @@ def test_kill_and_resume_gives_the_same_result(world, tmp_path):
     assert (killed / "multi" / "shard-00002.npz").stat().st_mtime_ns == kept
 
 
-@pytest.mark.parametrize("case", ["unknown-model", "broken-folder", "missing-coco", "empty-captions", "n-too-large"])
+@pytest.mark.parametrize("case", ["unknown-model", "broken-folder", "missing-coco", "empty-captions", "n-too-large",
+                                  "n-too-small", "same-name-twice", "not-a-device"])
 def test_bad_input_one_line_and_results_untouched(world, tmp_path, case):
     out = tmp_path / "results" / "run"
     out.mkdir(parents=True)
@@ -188,6 +190,12 @@ def test_bad_input_one_line_and_results_untouched(world, tmp_path, case):
         args += ["--captions", str(tmp_path / "captions.txt")]
     elif case == "n-too-large":
         args[args.index("--n") + 1] = str(N_IMAGES + 1)
+    elif case == "n-too-small":  # precision/recall's k = 3 needs 4 samples: refused before generating
+        args[args.index("--n") + 1] = "3"
+    elif case == "same-name-twice":  # both would share one store, and one model's samples be reported twice
+        models = f"one={world['one']},one={world['multi']}"
+    elif case == "not-a-device":
+        args += ["--device", "gpu"]
     result = run_bench(["--models", models, *args], cwd=tmp_path, check=False)
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("bench.run: error:")]
@@ -266,3 +274,75 @@ def test_feature_pipeline_overlaps_shards_and_keeps_order():
     assert first[0] == "a" and pipeline.run([f"p{i}" for i in range(3)], [9, 10, 11], 2)["fid"][:, 0].tolist() == \
         [9, 10, 11]
     pipeline.close()
+
+
+def test_save_images_completes_the_pngs_of_a_finished_run_and_keeps_its_shards(world, tmp_path):
+    out = tmp_path / "run"
+    args = ["--models", f"one={world['one']}", *common(world, out, n=16), "--grid", "0"]
+    run_bench(args, cwd=tmp_path)
+    shards = {p.name: p.read_bytes() for p in (out / "one").glob("shard-*.npz")}
+    table = pd.read_csv(out / "table.csv")
+    assert len(shards) == 2 and not (out / "one" / "images").exists()
+
+    (out / "one" / "shard-00001.npz").unlink()  # half the samples missing, the other half without PNGs
+    run_bench([*args, "--save-images"], cwd=tmp_path)
+    pngs = sorted(p.name for p in (out / "one" / "images").glob("*.png"))
+    assert pngs == [f"{i:08d}.png" for i in range(16)]
+    assert (out / "one" / "shard-00000.npz").read_bytes() == shards["shard-00000.npz"]  # kept as it was
+    pd.testing.assert_frame_equal(pd.read_csv(out / "table.csv")[["fid", "clip_score"]], table[["fid", "clip_score"]])
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for written in (out / "table.csv", out / "one" / "images" / "00000000.png"):  # not mkstemp's 0600
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask
+    image = np.asarray(Image.open(out / "one" / "images" / "00000005.png"))
+    sampler = Sampler(load_model(ModelSpec("one", str(world["one"]))), seed=0)
+    captions = setup_suite(build_parser().parse_args(common(world, out, n=16))).protocol.captions
+    assert np.array_equal(image, sampler([captions[5]], [5])[0][0])
+
+
+def test_png_writer_bounds_its_backlog_and_waits_per_index(tmp_path, monkeypatch):
+    import threading
+
+    from bench import report
+
+    release, started = threading.Event(), []
+    original = report.PngWriter._write
+
+    def slow_write(self, image, index):
+        started.append(index)
+        release.wait(10)
+        original(self, image, index)
+
+    monkeypatch.setattr(report.PngWriter, "_write", slow_write)
+    writer = report.PngWriter(tmp_path, workers=1, max_pending=2)
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    submitter = threading.Thread(target=writer.submit, args=(images, [0, 1, 2]))
+    submitter.start()
+    submitter.join(0.5)
+    assert submitter.is_alive()  # the third image waits for a free slot
+    release.set()
+    submitter.join(10)
+    writer.wait([0, 2])
+    assert (tmp_path / "00000000.png").exists() and (tmp_path / "00000002.png").exists()
+    writer.close()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["00000000.png", "00000001.png", "00000002.png"]
+
+
+def test_a_registered_name_pointed_at_a_folder_with_its_own_base_loads_that_base(world, tmp_path):
+    from bench.registry import resolve
+
+    unet_folder = tmp_path / "merged"
+    load_model(ModelSpec("one", str(world["one"]))).unet.save_pretrained(unet_folder, safe_serialization=True)
+    (unet_folder / "bench_base.json").write_text(json.dumps({"base": str(world["multi"])}))
+    spec = resolve(f"merged={unet_folder}")  # the registry's merged entry defaults to the SD-Turbo hub id
+    assert spec.kind == "one-step" and load_model(spec).sources["base"] == str(world["multi"])
+    assert resolve(f"merged={world['one']}").base is not None  # a folder that does not say keeps the default
+
+
+def test_a_new_grid_size_remakes_the_grid(world, tmp_path):
+    out = tmp_path / "run"
+    args = ["--models", f"one={world['one']}", *common(world, out, n=8)]
+    run_bench([*args, "--grid", "4"], cwd=tmp_path)
+    run_bench([*args, "--grid", "2"], cwd=tmp_path)
+    assert np.load(out / "one" / "grid.npz")["indices"].tolist() == [0, 7]
+    assert (out / "grid.png").exists()

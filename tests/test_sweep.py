@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import UserError
-from bench.sweep_lambda import parse_grid
+from bench.sweep_lambda import parse_grid, point_names
 from bench.testing import make_tiny_pipeline, tiny_unet
 from tests.test_run import STANDINS, run_bench
 
@@ -19,6 +19,12 @@ def test_grid_parsing():
     for bad in ("0:2:0.5", "a:b", "0:1:0", ""):
         with pytest.raises(UserError):
             parse_grid(bad)
+
+
+def test_sweep_points_get_distinct_names():
+    assert point_names([0.0, 0.25, 1.0]) == ["w0.00", "w0.25", "w1.00"]  # the names earlier sweeps stored under
+    assert point_names([0.0, 0.001, 1.0]) == ["w0.000", "w0.001", "w1.000"]
+    assert len(set(point_names(parse_grid("0.4:0.6:0.005")))) == 41
 
 
 def test_sweep_ends_reproduce_the_students(tmp_path):
