@@ -46,9 +46,10 @@ def make_pairs(teacher: str, prompts_file: str, n: int, out: str | Path, steps: 
                         f"{batch_size}, {steps})")
     prompts = load_prompts(prompts_file, prompt_column)
     hint = "pass --teacher with a local pipeline folder" + (f" or {SD21_MIRROR}" if teacher == SD21 else "")
-    spec = ModelSpec("teacher", teacher, kind="multi-step", steps=steps, guidance_scale=cfg, hint=hint)
+    spec = ModelSpec("teacher", teacher, kind="multi-step", steps=steps, guidance_scale=cfg, hint=hint,
+                     scheduler="DDIMScheduler")  # not the folder's own (SD 2.1-base ships PNDM)
     settings = {"teacher": teacher, "prompts": [len(prompts), prompts[0], prompts[-1]], "n": n, "steps": steps,
-                "cfg": cfg, "seed": seed, "shard_size": shard_size, "dtype": dtype}
+                "cfg": cfg, "seed": seed, "shard_size": shard_size, "dtype": dtype, "scheduler": spec.scheduler}
     out = Path(out)
     _check(out, settings)
     shards = [s for s in range(-(-n // shard_size)) if not (out / shard_name(s)).exists()]

@@ -68,12 +68,17 @@ class RandomClipB32(torch.nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         from distill.clip_loss import clip_preprocess
 
-        return self.model.get_image_features(pixel_values=clip_preprocess(images, 224)).pooler_output
+        return _features(self.model.get_image_features(pixel_values=clip_preprocess(images, 224)))
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        return self.model.get_text_features(input_ids=ids.input_ids.to(self.model.device)).pooler_output
+        return _features(self.model.get_text_features(input_ids=ids.input_ids.to(self.model.device)))
+
+
+def _features(output) -> torch.Tensor:
+    """transformers 5 returns a model output with the projected features as ``pooler_output``; 4.x the tensor."""
+    return getattr(output, "pooler_output", output)
 
 
 def write_sd21_pipeline(folder: str | Path, seed: int = 0) -> Path:

@@ -5,6 +5,7 @@ VinAIResearch/SwiftBrush#1) plus LAION captions; any list of captions works.
 """
 
 import json
+import math
 from pathlib import Path
 
 from bench.errors import UserError
@@ -54,6 +55,10 @@ def _read_table(path: Path, column: str | None) -> list:
     return frame[_pick_column(list(frame.columns), column, path)].tolist()
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def load_prompts(path: str | Path, column: str | None = None) -> list[str]:
     """Prompts of a txt (one per line), jsonl (strings or objects), csv or parquet file.
 
@@ -77,7 +82,8 @@ def load_prompts(path: str | Path, column: str | None = None) -> list[str]:
         rows = _read_jsonl(path, column)
     else:
         rows = _read_table(path, column)
-    prompts = dict.fromkeys(str(row).strip() for row in rows if row is not None and str(row).strip())
+    # A missing value is None (jsonl) or NaN (parquet under pandas 3), never the prompt "nan".
+    prompts = dict.fromkeys(str(row).strip() for row in rows if not _missing(row) and str(row).strip())
     if not prompts:
         raise UserError(f"prompt file {str(path)!r} holds no prompts: write one caption per line (or row)")
     return list(prompts)

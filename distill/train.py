@@ -19,6 +19,7 @@ Checkpoints (``<out>/checkpoints/checkpoint-<step>``) resume exactly with ``--re
 import argparse
 import copy
 import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -44,6 +45,7 @@ from bench.load import (
 )
 from bench.registry import SD21, SD21_MIRROR, SD_TURBO
 from bench.sampling import alphas_cumprod, onestep_timestep, onestep_x0, sample_noise
+from bench.store import atomic_write_text
 from distill import utils
 from distill.clip_loss import ClampedClipLoss, clip_weight, decode_to_unit, load_clip_encoder
 from distill.prompts import load_prompts
@@ -202,7 +204,7 @@ def train(cfg: TrainConfig) -> dict:
     """Run (or resume) a training; returns {"step", "seconds_per_step", "peak_memory_gib", "out"}, plus
     "clip_active" (fraction of samples below tau: mean, first and last tenth of the steps) with a CLIP loss."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
     from diffusers import AutoencoderTiny
     from diffusers.training_utils import EMAModel, cast_training_params
     from peft import LoraConfig, get_peft_model
@@ -213,8 +215,15 @@ def train(cfg: TrainConfig) -> dict:
     checkpoints = out / "checkpoints"
     if cfg.resume is None and utils.list_checkpoints(checkpoints):
         raise UserError(f"{out} already holds checkpoints: pass --resume latest, or another --out")
+    # Precision is --precision's alone (our autocast), one batch is one update: `accelerate config` / launch
+    # settings must not add a second autocast, a GradScaler or a loss divisor that no checkpoint records.
     accelerator = Accelerator(cpu=cfg.device == "cpu", log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              mixed_precision="no",
+                              gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM):
+        raise UserError(f"distill.train replicates its parameters (DDP); {accelerator.distributed_type.value} is not "
+                        "supported: choose multi-GPU (DDP) in `accelerate config`")
     device, main = accelerator.device, accelerator.is_main_process
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     weight_dtype = torch.bfloat16 if bf16 else torch.float32
@@ -353,11 +362,7 @@ def train(cfg: TrainConfig) -> dict:
         with autocast():
             return onestep_x0(unet, noise, embeddings, one_step_abar, one_step_t)
 
-    # Logging: the config, TensorBoard scalars, sample grids from fixed noise and the first prompts.
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    accelerator.init_trackers("distill", config={k: v for k, v in dataclasses.asdict(cfg).items() if v is not None})
+    # Logging: TensorBoard scalars, sample grids from fixed noise and the first prompts (config: after resume).
     sample_noise_fixed = sample_noise(cfg.seed, range(cfg.num_samples), latent_shape).to(device)
     sample_vae = load_vae(student_base).requires_grad_(False).to(device) if cfg.sample_every and main else None
 
@@ -396,6 +401,7 @@ def train(cfg: TrainConfig) -> dict:
             ema_state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
             (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
             (tmp / "state.json").write_text(json.dumps({"step": step, "ema": ema_state, "prompts": len(prompts),
+                                                        "data": data_digest,
                                                         "num_processes": accelerator.num_processes}, indent=1))
         accelerator.wait_for_everyone()
         if main:
@@ -407,8 +413,12 @@ def train(cfg: TrainConfig) -> dict:
         saved = json.loads((folder / "config.json").read_text())
         state = json.loads((folder / "state.json").read_text())
         changed = [k for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE and saved.get(k) != v]
-        if changed or state["prompts"] != len(prompts) or state["num_processes"] != accelerator.num_processes:
-            raise UserError(f"{folder} was made with other settings ({', '.join(changed) or 'prompts/processes'}): "
+        if state["prompts"] != len(prompts) or state.get("data", data_digest) != data_digest:
+            changed.append("the contents of --prompts / --real-data")
+        if state["num_processes"] != accelerator.num_processes:
+            changed.append(f"the number of processes ({state['num_processes']})")
+        if changed:
+            raise UserError(f"{folder} was made with other settings ({', '.join(changed)}): "
                             "resume with the same ones, or start a new --out")
         utils.load_tensors_into(folder / "student.safetensors", student_params)
         utils.load_tensors_into(folder / "student_ema.safetensors", dict(zip(student_params, ema.shadow_params)))
@@ -420,6 +430,9 @@ def train(cfg: TrainConfig) -> dict:
         utils.set_rng_state(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=True))
         return state["step"]
 
+    # What the data order is a function of, besides the step: a resume must see the same prompts and pairs.
+    data_digest = {"prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+                   "pairs": utils.sha256_of(cfg.real_data) if cfg.real_data else None}
     step = 0
     if cfg.resume is not None:
         found = utils.list_checkpoints(checkpoints) if cfg.resume == "latest" else [Path(cfg.resume)]
@@ -428,6 +441,10 @@ def train(cfg: TrainConfig) -> dict:
             log(f"resumed from {found[-1]} at step {step}")
         else:
             log(f"no checkpoint under {checkpoints}: starting a new run")
+    if main:  # only now: a refused resume leaves the run's config as it was
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "train_config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+    accelerator.init_trackers("distill", config={k: v for k, v in dataclasses.asdict(cfg).items() if v is not None})
 
     # 7. The loop: one student update, then `fake_updates` fake-teacher updates, per step.
     stop = cfg.stop_at or cfg.max_steps
@@ -436,11 +453,13 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.sample_every and step % cfg.sample_every == 0 and main:
             write_samples(step)
         started = time.perf_counter()
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        for optimizer, lr in ((student_optimizer, cfg.lr), (fake_optimizer, cfg.fake_lr)):
+        # Each optimizer warms up from its own first update (the student's comes after --fake-warmup-steps).
+        warm = {"student": warm_up(step - cfg.fake_warmup_steps, cfg.warmup_steps),
+                "fake": warm_up(step, cfg.warmup_steps)}
+        for name, optimizer, lr in (("student", student_optimizer, cfg.lr), ("fake", fake_optimizer, cfg.fake_lr)):
             for group in optimizer.param_groups:
-                group["lr"] = lr * warm
-        logs = {"lr/student": cfg.lr * warm, "lr/fake": cfg.fake_lr * warm}
+                group["lr"] = lr * warm[name]
+        logs = {"lr/student": cfg.lr * warm["student"], "lr/fake": cfg.fake_lr * warm["fake"]}
 
         # 7a. This step's prompts (a function of the step) and the student's one-step samples x0.
         indices = utils.batch_indices(step, len(prompts), cfg.batch_size, cfg.seed, accelerator.num_processes,
@@ -540,6 +559,11 @@ def export(student, ema, params: dict, cfg: TrainConfig, out: Path, init: tuple[
             ema.restore(params.values())
         (out / name / "bench_base.json").write_text(pointer)
     (out / "bench_base.json").write_text(pointer)
+
+
+def warm_up(updates_before: int, warmup_steps: int) -> float:
+    """The learning-rate factor of an optimizer's update number ``updates_before`` (0 for its first)."""
+    return min(1.0, max(updates_before + 1, 0) / warmup_steps) if warmup_steps else 1.0
 
 
 def main(argv: list[str] | None = None) -> dict | None:

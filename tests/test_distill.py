@@ -301,8 +301,8 @@ def test_prompts_parquet_or_a_clear_error_without_pyarrow(tmp_path):
         with pytest.raises(UserError, match="pyarrow"):
             load_prompts(tmp_path / "p.parquet")
         return
-    pd.DataFrame({"prompt": ["b", "a", "b"]}).to_parquet(tmp_path / "p.parquet")
-    assert load_prompts(tmp_path / "p.parquet") == ["b", "a"]
+    pd.DataFrame({"prompt": ["b", None, "a", "b"]}).to_parquet(tmp_path / "p.parquet")
+    assert load_prompts(tmp_path / "p.parquet") == ["b", "a"]  # a missing value is not the prompt "nan"
 
 
 def test_prompts_empty_missing_or_unknown_are_user_errors(tmp_path):

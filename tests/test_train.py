@@ -188,9 +188,39 @@ def test_probe_tiny_prints_seconds_per_step(world, capsys):
     assert all(r["seconds_per_step"] > 0 for r in results)
 
 
+def test_resume_refuses_other_data_or_settings_and_keeps_the_config(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    train.main(_args(world, out, "full", "--stop-at", "1"))
+    config = (out / "train_config.json").read_text()
+    edited = tmp_path / "prompts.txt"  # the same number of prompts, one of them changed
+    edited.write_text(world.prompts.read_text().replace("two dogs", "three dogs"))
+    for change, message in [(["--prompts", str(edited)], "the contents of --prompts / --real-data"),
+                            (["--teacher-cfg", "2"], "teacher_cfg")]:
+        with pytest.raises(SystemExit) as code:  # argparse: the last --prompts wins
+            train.main(_args(world, out, "full", "--resume", "latest", *change))
+        assert code.value.code == 2 and message in capsys.readouterr().err
+        assert (out / "train_config.json").read_text() == config  # a refused resume leaves the config alone
+
+
+def test_accelerate_settings_do_not_change_training(world, tmp_path, monkeypatch):
+    """`accelerate config` / launch settings (bf16 autocast, gradient accumulation) must not reach our loop."""
+    plain = tmp_path / "plain"
+    train.main(_args(world, plain, "full", "--stop-at", "1"))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    configured = tmp_path / "configured"
+    train.main(_args(world, configured, "full", "--stop-at", "1"))
+    _assert_same_checkpoint(plain / "checkpoints" / "checkpoint-1", configured / "checkpoints" / "checkpoint-1")
+
+
+def test_each_optimizer_warms_up_from_its_own_first_update():
+    assert [train.warm_up(k, 4) for k in (-2, 0, 1, 3, 10)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert train.warm_up(0, 0) == 1.0
+
+
 def test_make_pairs_matches_the_pipeline_and_resumes(world, tmp_path, capsys):
     """distill.make_pairs: pair i is (noise i, the teacher pipeline's final latent from it); shards resume."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
     from distill import make_pairs
     from distill.utils import load_real_pairs
@@ -208,6 +238,11 @@ def test_make_pairs_matches_the_pipeline_and_resumes(world, tmp_path, capsys):
 
     pipe = StableDiffusionPipeline.from_pretrained(world.pipeline, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # make_pairs must not follow the folder
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(x0[3:5], pipe(prompts[3:5], latents=noise[3:5], num_inference_steps=3,
+                                                 guidance_scale=2.0, output_type="latent").images)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     expected = pipe(prompts[3:5], latents=noise[3:5], num_inference_steps=3, guidance_scale=2.0,
                     output_type="latent").images
     torch.testing.assert_close(x0[3:5], expected, rtol=1e-4, atol=1e-5)
