@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bench.errors import UserError
 from bench.protocol import ReferenceSet
-from bench.store import atomic_write_bytes
+from bench.store import atomic_write_bytes, atomic_write_text
 
 
 class FeatureExtractor:
@@ -178,17 +178,28 @@ def text_features_cached(
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, computed once per (path, mtime, size) in this process (ViT-g-14 is 5 GB)."""
+def file_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
+    """sha256 of a file, computed once per (path, mtime, size): in this process, and across runs through
+    ``cache_dir/file-sha256.json`` when given (ViT-g-14 is 5 GB, SD 2.1's weights as much again)."""
     path = Path(path).resolve()
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size)
     if key not in _SHA256_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
-        _SHA256_CACHE[key] = digest.hexdigest()
+        known_file = Path(cache_dir) / "file-sha256.json" if cache_dir else None
+        try:
+            known = json.loads(known_file.read_text()) if known_file else {}
+        except (OSError, ValueError):
+            known = {}
+        text_key = "|".join(map(str, key))
+        if text_key not in known:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(chunk)
+            known[text_key] = digest.hexdigest()
+            if known_file:
+                atomic_write_text(known_file, json.dumps(known, indent=0))
+        _SHA256_CACHE[key] = known[text_key]
     return _SHA256_CACHE[key]
 
 

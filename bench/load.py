@@ -139,17 +139,18 @@ def load_text(location: str, dtype: torch.dtype = torch.float32):
     return tokenizer, text_encoder
 
 
-def weights_sha256(folder: str | Path) -> str | None:
-    """sha256 over the weight files of a local folder (names and bytes), None for a hub id."""
+def weights_sha256(folder: str | Path, cache_dir: str | Path | None = None) -> str | None:
+    """sha256 over the weight files of a local folder (names and each file's sha256), None for a hub id;
+    file digests are cached (``bench.features.file_sha256``)."""
+    from bench.features import file_sha256
+
     folder = Path(folder)
     if not folder.is_dir():
         return None
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()):
         digest.update(file.relative_to(folder).as_posix().encode())
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
+        digest.update(file_sha256(file, cache_dir).encode())
     return digest.hexdigest()
 
 
@@ -166,18 +167,30 @@ def load_spec_unet(spec: ModelSpec, dtype: torch.dtype = torch.float32, unet_loc
         return load_unet(spec.unet or unet_location, None if spec.unet else unet_subfolder, dtype=dtype)
 
 
+def _weights_locations(spec: ModelSpec) -> tuple[str, str | None, str]:
+    if not spec.source:
+        raise UserError(f"model {spec.name!r} has no weights location: {spec.hint or f'pass {spec.name}=PATH'}")
+    with _loading("folder", spec.source, spec):
+        return resolve_layout(spec.source, spec.base)
+
+
+def weights_identity(spec: ModelSpec, cache_dir: str | Path | None = None) -> dict:
+    """What a model's samples depend on besides its settings: for the UNet (or LoRA adapter) and the base, the
+    sha256 of a local folder's weights, or the hub id itself. The same path holding retrained weights differs."""
+    unet_location, subfolder, base = _weights_locations(spec)
+    unet = spec.unet or str(Path(unet_location) / (subfolder or ""))
+    return {part: weights_sha256(where, cache_dir) or str(where) for part, where in (("unet", unet), ("base", base))}
+
+
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
     """Every module a sampler needs, frozen, in eval mode, on ``device``.
 
     On a CPU the dtype is float32 whatever the spec says: half-precision convolutions there are slow
     or unsupported.
     """
-    if not spec.source:
-        raise UserError(f"model {spec.name!r} has no weights location: {spec.hint or f'pass {spec.name}=PATH'}")
     device = torch.device(device)
     torch_dtype = DTYPES[dtype or spec.dtype] if device.type != "cpu" else torch.float32
-    with _loading("folder", spec.source, spec):
-        unet_location, unet_subfolder, base = resolve_layout(spec.source, spec.base)
+    unet_location, unet_subfolder, base = _weights_locations(spec)
     sources = {"unet": f"{unet_location}/{unet_subfolder}" if unet_subfolder else unet_location, "base": base}
 
     unet = load_spec_unet(spec, torch_dtype, unet_location, unet_subfolder)

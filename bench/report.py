@@ -104,14 +104,10 @@ def manifest(args, protocol, specs, stores, extractor_ids, timings, device, worl
         "extractors": extractor_ids,
         "seed": args.seed,
         "models": {spec.name: {"spec": spec.to_dict(), "store": stores[spec.name].key,
-                               **_model_provenance(stores[spec.name].root)} for spec in specs},
+                               "provenance": stores[spec.name].fingerprint.get("provenance"),
+                               "weights": stores[spec.name].weights()} for spec in specs},
         "timings_s": timings,
     }
-
-
-def _model_provenance(root: Path) -> dict:
-    info = root / "provenance.json"
-    return json.loads(info.read_text()) if info.exists() else {}
 
 
 def table(specs, results: dict) -> pd.DataFrame:

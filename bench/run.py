@@ -11,17 +11,22 @@ import json
 import sys
 import time
 import zipfile
+from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 
 from bench import report
 from bench.errors import UserError, exit_on_user_error
-from bench.registry import MODELS, resolve
+from bench.registry import MODELS, ModelSpec, resolve
 from bench.store import SampleStore, atomic_write_bytes, atomic_write_text
 
 PR_K = 3  # the protocol's neighbourhood size (Kynkäänniemi et al.)
+BARRIER_TIMEOUT = timedelta(hours=12)
 
 EPILOG = """examples:
   python -m bench.run --suite demo
@@ -114,13 +119,30 @@ def build_extractor(name: str, **options):
     return features.build_extractor(name, **options)
 
 
+COCO_ONLY = ("coco", "captions", "preset", "caption_seed", "fid_features", "clip_features", "pr_features",
+             "inception_weights", "clip_weights", "clip_model", "clip_pretrained", "clip_precision")
+
+
+def refuse_unused(args, names, why: str) -> None:
+    """An option the run would silently ignore is an error: the user believes it applied."""
+    defaults = build_parser().parse_args([])
+    if used := ["--" + name.replace("_", "-") for name in names if getattr(args, name) != getattr(defaults, name)]:
+        raise UserError(f"{', '.join(used)} {why}")
+
+
 def setup_suite(args) -> SimpleNamespace:
     """The protocol, model registry, default models, extractor settings, run folder and report path."""
     if args.suite == "demo":
         from bench.demo.suite import setup_demo
 
+        refuse_unused(args, COCO_ONLY, "only apply to the coco suite (the demo has its own data and extractors)")
         return setup_demo(args)
     from bench.protocol import coco_protocol
+
+    refuse_unused(args, ["quick"], "only applies to --suite demo")
+    if args.captions:
+        refuse_unused(args, ["preset", "caption_seed"], "choose captions from COCO's annotations; --captions gives "
+                      "the list itself: drop them")
 
     if not args.coco and not args.captions:
         raise UserError("the coco suite needs --coco DIR (annotations + val2014) or --captions FILE with --coco for "
@@ -262,7 +284,9 @@ def start(args):
     device = pick_device(args.device)
     # Under torchrun / accelerate launch, CPU processes form one (gloo) group only when accelerate is told they
     # run on the CPU; otherwise each would believe it is alone and make every shard itself.
-    state = PartialState(cpu=device == "cpu")
+    # Ranks meet once after generation: one rank may still have a shard per model left (3 SD 2.1 cfg rows on an
+    # H100: ~8 min; a resume can leave one rank far more), past NCCL's default 10-minute barrier timeout.
+    state = PartialState(cpu=device == "cpu", timeout=BARRIER_TIMEOUT)
     if device == "cuda" and state.num_processes > 1:
         device = str(state.device)
     suite = setup_suite(args)
@@ -271,15 +295,25 @@ def start(args):
     return state, device, suite
 
 
-def run_models(args, suite, models: list, state, device: str):
-    """Generate (resumably, sharded over processes) and evaluate ``models``: (spec, loader, provenance) triples.
+class ModelRun(NamedTuple):
+    """One model of a run. ``loader`` (None: ``load_model(spec)``) builds it, e.g. a merge made in memory;
+    ``provenance`` joins its store's fingerprint; ``weights()`` identifies its weights, checked against the store
+    so that retrained weights at the same path are never mixed with (or reported as) the old samples."""
 
-    ``loader`` (None: ``load_model(spec)``) builds the LoadedModel, e.g. a merge made in memory; ``provenance``
-    joins the store's fingerprint. Returns (results, stores, timings, extractor ids) on the main process, else None.
+    spec: ModelSpec
+    loader: Callable | None
+    provenance: dict
+    weights: Callable[[], dict]
+
+
+def run_models(args, suite, models: list[ModelRun], state, device: str):
+    """Generate (resumably, sharded over processes) and evaluate ``models``.
+
+    Returns (results, stores, timings, extractor ids) on the main process, else None.
     """
     from bench import features
 
-    names = [spec.name for spec, _, _ in models]
+    names = [model.spec.name for model in models]
     if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise UserError(f"model name(s) {', '.join(repeated)} given more than once: each model needs its own name "
                         "(NAME=PATH), since its samples are stored under it")
@@ -292,15 +326,15 @@ def run_models(args, suite, models: list, state, device: str):
         spec.name: SampleStore(out / spec.name, len(protocol.captions), shard_size, {
             "model": spec.to_dict(), "provenance": provenance, "protocol": protocol.hash(), "seed": args.seed,
             "extractors": extractor_ids, "dtype": args.dtype})
-        for spec, _, provenance in models
+        for spec, _, provenance, _ in models
     }
     timings = {}
     if rank == 0:
-        for store in stores.values():
-            store.claim()
+        for model in models:  # --metrics-only needs no weights, so it checks none
+            stores[model.spec.name].claim(None if args.metrics_only else model.weights())
     state.wait_for_everyone()
     if not args.metrics_only:
-        for spec, loader, _ in models:
+        for spec, loader, _, _ in models:
             timings[spec.name] = generate(spec, protocol, stores[spec.name], extractors, args, device, rank, world,
                                           loader)
     state.wait_for_everyone()
@@ -315,7 +349,7 @@ def run_models(args, suite, models: list, state, device: str):
     text_features = features.text_features_cached(texts, extractors["clip"], cache)
     timings["reference_and_text_features_s"] = time.perf_counter() - begin
     results = {}
-    for spec, _, provenance in models:
+    for spec, _, provenance, _ in models:
         begin = time.perf_counter()
         metrics = evaluate(stores[spec.name], reference, text_features, args, device)
         metrics["metrics_s"] = time.perf_counter() - begin
@@ -332,7 +366,10 @@ def run(args) -> None:
     if not names:
         raise UserError("--models is empty: name at least one model")
     specs = [resolve(name, suite.registry) for name in names]
-    done = run_models(args, suite, [(spec, None, {}) for spec in specs], state, device)
+    from bench.load import weights_identity
+
+    models = [ModelRun(spec, None, {}, partial(weights_identity, spec, args.cache_dir)) for spec in specs]
+    done = run_models(args, suite, models, state, device)
     if done is not None:  # the main process
         results, stores, timings, extractor_ids = done
         manifest = report.manifest(args, suite.protocol, specs, stores, extractor_ids, timings, device,

@@ -68,17 +68,30 @@ class SampleStore:
     def shard_indices(self, shard: int) -> np.ndarray:
         return np.arange(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n))
 
-    def claim(self) -> None:
-        """Write the store's fingerprint, or refuse a folder that holds samples made otherwise."""
+    def claim(self, weights: dict | None = None) -> None:
+        """Write the store's fingerprint, or refuse a folder that holds samples made otherwise.
+
+        ``weights`` (the model's weights identity, None: not checked) is recorded beside the fingerprint rather
+        than in it, so stores made before it was recorded stay valid and adopt it.
+        """
         info = self.root / "store.json"
-        if info.exists():
-            existing = json.loads(info.read_text())
-            if existing.get("key") != self.key:
-                changed = changed_settings(existing["fingerprint"], self.fingerprint)
-                raise UserError(f"{self.root} holds samples made with other settings ({', '.join(changed)} differ): "
-                                "pass a new --out folder, or delete that folder to regenerate")
-            return
-        atomic_write_text(info, json.dumps({"key": self.key, "fingerprint": self.fingerprint}, indent=1, default=str))
+        existing = json.loads(info.read_text()) if info.exists() else None
+        if existing and existing.get("key") != self.key:
+            changed = changed_settings(existing["fingerprint"], self.fingerprint)
+            raise UserError(f"{self.root} holds samples made with other settings ({', '.join(changed)} differ): "
+                            "pass a new --out folder, or delete that folder to regenerate")
+        if existing and weights is not None and existing.get("weights") not in (None, weights):
+            raise UserError(f"{self.root} holds samples of other weights at the same location ("
+                            f"{', '.join(changed_settings(existing['weights'], weights))} changed since): pass a new "
+                            "--out folder, or delete that folder to regenerate")
+        if existing is None or (weights is not None and existing.get("weights") is None):
+            atomic_write_text(info, json.dumps({"key": self.key, "fingerprint": self.fingerprint, "weights": weights},
+                                               indent=1, default=str))
+
+    def weights(self) -> dict | None:
+        """The weights identity the store's samples were made with (None when not recorded)."""
+        info = self.root / "store.json"
+        return json.loads(info.read_text()).get("weights") if info.exists() else None
 
     def load_shard(self, shard: int) -> dict | None:
         """The shard's arrays, or None when it is missing, truncated, corrupt or from other settings."""

@@ -19,7 +19,7 @@ import pandas as pd
 from bench import report
 from bench.errors import UserError, exit_on_user_error
 from bench.registry import resolve
-from bench.run import build_parser, run_models, start
+from bench.run import ModelRun, build_parser, run_models, start
 from bench.store import atomic_write_bytes, atomic_write_text
 
 CONVENTION = "w = weight of B: θ = (1 − w)·θ_A + w·θ_B (Eq. 6 with λ = 1 − w)"
@@ -110,22 +110,32 @@ def run_sweep(args, suite, state, device: str) -> pd.DataFrame | None:
     for spec in (spec_a, spec_b):
         if spec.kind != "one-step":
             raise UserError(f"--a/--b {spec.name!r} is a {spec.kind} model: the sweep merges one-step students")
+    from bench.load import weights_identity
+
     cache, models, grid = {}, [], parse_grid(args.lams)
+    parents = {}  # both students' weights identity, computed once for all points
+
+    def weights() -> dict:
+        if not parents:
+            parents.update(a=weights_identity(spec_a, args.cache_dir), b=weights_identity(spec_b, args.cache_dir))
+        return parents
+
     for w, name in zip(grid, point_names(grid)):
         point = dataclasses.replace(spec_a, name=name, paper_row=None, hint="")
         provenance = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "w_of_b": w, "convention": CONVENTION}
-        models.append((point, merged_loader(spec_a, spec_b, w, device, args.dtype, cache), provenance))
+        models.append(ModelRun(point, merged_loader(spec_a, spec_b, w, device, args.dtype, cache), provenance,
+                               weights))
     done = run_models(args, suite, models, state, device)
     if done is None:
         return None
     results, stores, timings, extractor_ids = done
     frame = pd.DataFrame([{"w": p["w_of_b"], "lambda_eq6": round(1 - p["w_of_b"], 6), **results[s.name]}
-                          for s, _, p in models])
+                          for s, _, p, _ in models])
     out, report_path = suite.out, suite.report
     atomic_write_text(out / "sweep.csv", frame.to_csv(index=False))
     figure = report_path.with_suffix("") / "figure3.png"
     plot(frame, spec_a.name, spec_b.name, figure)
-    manifest = report.manifest(args, suite.protocol, [s for s, _, _ in models], stores, extractor_ids, timings,
+    manifest = report.manifest(args, suite.protocol, [model.spec for model in models], stores, extractor_ids, timings,
                                device, state.num_processes)
     manifest["sweep"] = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "convention": CONVENTION}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
@@ -156,6 +166,8 @@ def main(argv=None) -> None:
 
     hide_library_progress_bars()
     with exit_on_user_error("bench.sweep_lambda"):
+        if args.models:
+            raise UserError("--models does not apply to a sweep: name the two students with --a and --b")
         sweep(args)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.errors import UserError
 from bench.generate import Sampler
 from bench.load import load_model
 from bench.registry import ModelSpec
@@ -168,7 +169,8 @@ def test_kill_and_resume_gives_the_same_result(world, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown-model", "broken-folder", "missing-coco", "empty-captions", "n-too-large",
-                                  "n-too-small", "same-name-twice", "not-a-device"])
+                                  "n-too-small", "same-name-twice", "not-a-device", "demo-given-coco-options",
+                                  "preset-with-captions"])
 def test_bad_input_one_line_and_results_untouched(world, tmp_path, case):
     out = tmp_path / "results" / "run"
     out.mkdir(parents=True)
@@ -196,6 +198,11 @@ def test_bad_input_one_line_and_results_untouched(world, tmp_path, case):
         models = f"one={world['one']},one={world['multi']}"
     elif case == "not-a-device":
         args += ["--device", "gpu"]
+    elif case == "demo-given-coco-options":  # refused before the demo world is built
+        args += ["--suite", "demo"]
+    elif case == "preset-with-captions":
+        (tmp_path / "captions.txt").write_text("a cat\n" * N_IMAGES)
+        args += ["--captions", str(tmp_path / "captions.txt"), "--preset", "random"]
     result = run_bench(["--models", models, *args], cwd=tmp_path, check=False)
     assert result.returncode != 0
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("bench.run: error:")]
@@ -346,3 +353,56 @@ def test_a_new_grid_size_remakes_the_grid(world, tmp_path):
     run_bench([*args, "--grid", "2"], cwd=tmp_path)
     assert np.load(out / "one" / "grid.npz")["indices"].tolist() == [0, 7]
     assert (out / "grid.png").exists()
+
+
+def test_retrained_weights_at_the_same_path_are_refused_and_a_copy_is_not(world, tmp_path):
+    import shutil
+
+    model = tmp_path / "student"
+    shutil.copytree(world["one"], model)
+    out = tmp_path / "run"
+    args = ["--models", f"one={model}", *common(world, out, n=8)]
+    run_bench(args, cwd=tmp_path)
+    table = (out / "table.csv").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["models"]["one"]["weights"]) == {"unet", "base"}
+
+    shutil.rmtree(model)  # the same weights copied again: new mtimes, same contents
+    shutil.copytree(world["one"], model)
+    run_bench(args, cwd=tmp_path)
+    assert (out / "table.csv").read_text().split("\n")[1].split(",")[:3] == table.split("\n")[1].split(",")[:3]
+    table = (out / "table.csv").read_text()  # (its timing column is new)
+
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes((world["multi"] / "unet" / "diffusion_pytorch_model.safetensors").read_bytes())  # retrained
+    result = run_bench(args, cwd=tmp_path, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bench.run: error:")]
+    assert result.returncode != 0 and len(lines) == 1 and "other weights" in lines[0] and "unet" in lines[0]
+    assert (out / "table.csv").read_text() == table
+    run_bench([*args, "--metrics-only"], cwd=tmp_path)  # the stored samples need no weights to be evaluated
+
+
+def test_a_store_from_before_weights_were_recorded_adopts_them(tmp_path):
+    from bench.store import SampleStore
+
+    old = SampleStore(tmp_path, 4, 2, {"model": "m"})
+    old.claim()
+    assert old.weights() is None
+    SampleStore(tmp_path, 4, 2, {"model": "m"}).claim({"unet": "abc"})
+    assert old.weights() == {"unet": "abc"}
+    with pytest.raises(UserError, match="other weights"):
+        SampleStore(tmp_path, 4, 2, {"model": "m"}).claim({"unet": "def"})
+
+
+def test_file_digests_are_cached_across_runs(tmp_path):
+    from bench import features
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    digest = features.file_sha256(weights, tmp_path / "cache")
+    known = json.loads((tmp_path / "cache" / "file-sha256.json").read_text())
+    assert list(known.values()) == [digest]
+    (tmp_path / "cache" / "file-sha256.json").write_text(json.dumps({k: "from-disk" for k in known}))
+    features._SHA256_CACHE.clear()  # a new process: the file is not read again
+    assert features.file_sha256(weights, tmp_path / "cache") == "from-disk"
+    features._SHA256_CACHE.clear()

@@ -27,6 +27,14 @@ def test_sweep_points_get_distinct_names():
     assert len(set(point_names(parse_grid("0.4:0.6:0.005")))) == 41
 
 
+def test_sweep_refuses_models(capsys):
+    from bench.sweep_lambda import main
+
+    with pytest.raises(SystemExit) as code:
+        main(["--a", "x", "--b", "y", "--models", "z"])
+    assert code.value.code == 2 and "--a and --b" in capsys.readouterr().err
+
+
 def test_sweep_ends_reproduce_the_students(tmp_path):
     from tests.test_run import ROOT  # noqa: F401  (the same subprocess environment as the run tests)
 
