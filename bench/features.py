@@ -17,12 +17,14 @@ Weights are never fetched silently from an unexpected place; resolution order is
 """
 
 import difflib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -186,32 +188,68 @@ def file_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
     key = (str(path), stat.st_mtime_ns, stat.st_size)
     if key not in _SHA256_CACHE:
         known_file = Path(cache_dir) / "file-sha256.json" if cache_dir else None
-        try:
-            known = json.loads(known_file.read_text()) if known_file else {}
-        except (OSError, ValueError):
-            known = {}
         text_key = "|".join(map(str, key))
-        if text_key not in known:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(chunk)
-            known[text_key] = digest.hexdigest()
+        digest = _read_json_or_empty(known_file).get(text_key) if known_file else None
+        if digest is None:
+            digest = _hash_file(path)
             if known_file:
-                atomic_write_text(known_file, json.dumps(known, indent=0))
-        _SHA256_CACHE[key] = known[text_key]
+                _remember_digest(known_file, text_key, digest)
+        _SHA256_CACHE[key] = digest
     return _SHA256_CACHE[key]
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json_or_empty(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_digest(known_file: Path, text_key: str, digest: str) -> None:
+    """Add one digest to the shared file under an exclusive lock, re-reading it first: ranks and concurrent
+    runs that share a cache folder each add theirs without dropping the others'."""
+    known_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(known_file.with_name(known_file.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = _read_json_or_empty(known_file)
+        known[text_key] = digest
+        atomic_write_text(known_file, json.dumps(known, indent=0))
+
+
+_tf32_state = threading.Condition()
+_tf32_users, _tf32_allowed, _tf32_saved = 0, None, None
 
 
 @contextmanager
 def tf32(allowed: bool):
-    """Set cuBLAS and cuDNN TF32 explicitly around a forward; PyTorch's default lets cuDNN use TF32."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    """Set cuBLAS and cuDNN TF32 explicitly around a forward; PyTorch's default lets cuDNN use TF32.
+
+    The flags are process-global and feature workers run forwards from several threads, so forwards that want
+    the same setting share it, one that wants the other waits, and the last to leave restores the saved flags."""
+    global _tf32_users, _tf32_allowed, _tf32_saved
+    with _tf32_state:
+        _tf32_state.wait_for(lambda: _tf32_users == 0 or _tf32_allowed == allowed)
+        if _tf32_users == 0:
+            _tf32_saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+            _tf32_allowed = allowed
+        _tf32_users += 1
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        with _tf32_state:
+            _tf32_users -= 1
+            if _tf32_users == 0:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = _tf32_saved
+                _tf32_state.notify_all()
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

@@ -110,7 +110,7 @@ class FeaturePipeline:
         host.copy_(images, non_blocking=True)
         host_finite.copy_(finite, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(images.device))  # the images' device, whatever the current one is
         return self.pool.submit(self._post, host, host_finite, indices, event)
 
     def run(self, prompts: list[str], indices, batch_size: int, progress=None) -> dict[str, np.ndarray]:

@@ -6,6 +6,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json
 import shutil
+import threading
+import time
 import urllib.request
 import warnings
 
@@ -204,6 +206,28 @@ def test_tf32_flags_are_set_and_restored():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     with features.tf32(True):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def test_tf32_forwards_in_threads_see_their_own_setting_and_the_flags_come_back():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    seen, barrier = [], threading.Barrier(4)
+
+    def forward(allowed: bool):
+        barrier.wait()
+        for _ in range(200):
+            with features.tf32(allowed):
+                flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+                time.sleep(0)
+                seen.append((allowed, flags, (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
+
+    threads = [threading.Thread(target=forward, args=(allowed,)) for allowed in (True, False, True, False)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 800
+    assert all(entry == flag == (allowed, allowed) for allowed, entry, flag in seen)
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 
