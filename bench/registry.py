@@ -6,6 +6,7 @@ and SwiftBrush in one step. The paper's numbers for each row live in ``PAPER_TAB
 
 import dataclasses
 import difflib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("swiftbrush", "thuanz123/swiftbrush", paper_row="SwiftBrush"),
         ModelSpec("sbv2", "", base=SD_TURBO, paper_row="SwiftBrush v2",
                   hint="the released SwiftBrush v2 is a Google Drive folder with unet_ema/: pass sbv2=PATH"),
-        ModelSpec("merged", "results/merged", base=SD_TURBO,
+        # base None: the folder's bench_base.json (written by distill.merge) names it, SD Turbo when it does not.
+        ModelSpec("merged", "results/merged",
                   hint="make it with `python -m distill.merge A B --lam 0.5 -o results/merged`, or pass merged=PATH"),
     ]
 }
@@ -103,12 +105,19 @@ def resolve(entry: str, registry: dict[str, ModelSpec] = MODELS) -> ModelSpec:
         if not name or not location:
             raise UserError(f"model entry {entry!r}: expected NAME=PATH_OR_HF_ID")
         if name in registry:
-            # A UNet folder that names its own base (bench_base.json, written by distill) keeps it: the
-            # registered base is only the default for folders that do not say.
-            own_base = (Path(location) / "bench_base.json").is_file()
-            return dataclasses.replace(registry[name], source=location, unet=None,
-                                       base=None if own_base else registry[name].base)
+            return _with_folder_base(dataclasses.replace(registry[name], source=location, unet=None))
         return ModelSpec(name, location)
     if entry not in registry:
         raise UserError(unknown_name_message(entry, registry))
     return registry[entry]
+
+
+def _with_folder_base(spec: ModelSpec) -> ModelSpec:
+    """A UNet folder that names its own base (``bench_base.json``, written by distill) keeps it: the registered
+    name's base is only the default for folders that do not say. The spec carries the base it will load, so that
+    a store made under it is recognised on the next run."""
+    try:
+        base = json.loads((Path(spec.source) / "bench_base.json").read_text()).get("base")
+    except (OSError, ValueError, AttributeError):
+        return spec
+    return dataclasses.replace(spec, base=base) if isinstance(base, str) and base else spec

@@ -1,5 +1,6 @@
 """End to end: ``python -m bench.run`` on tiny folder models, a synthetic COCO tree, stand-in extractors."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -341,9 +342,14 @@ def test_a_registered_name_pointed_at_a_folder_with_its_own_base_loads_that_base
     unet_folder = tmp_path / "merged"
     load_model(ModelSpec("one", str(world["one"]))).unet.save_pretrained(unet_folder, safe_serialization=True)
     (unet_folder / "bench_base.json").write_text(json.dumps({"base": str(world["multi"])}))
-    spec = resolve(f"merged={unet_folder}")  # the registry's merged entry defaults to the SD-Turbo hub id
+    spec = resolve(f"sbv2={unet_folder}")  # the registry's sbv2 entry defaults to the SD-Turbo hub id
     assert spec.kind == "one-step" and load_model(spec).sources["base"] == str(world["multi"])
-    assert resolve(f"merged={world['one']}").base is not None  # a folder that does not say keeps the default
+    assert spec.base == str(world["multi"])  # the spec names the base it loads, so its stores are recognised
+    assert resolve(f"sbv2={world['one']}").base is not None  # a folder that does not say keeps the default
+    from bench.registry import MODELS
+
+    plain = dataclasses.replace(MODELS["merged"], source=str(unet_folder))  # plain `merged`: the pointer decides
+    assert load_model(resolve("merged", {"merged": plain})).sources["base"] == str(world["multi"])
 
 
 def test_a_new_grid_size_remakes_the_grid(world, tmp_path):
@@ -392,6 +398,25 @@ def test_a_store_from_before_weights_were_recorded_adopts_them(tmp_path):
     assert old.weights() == {"unet": "abc"}
     with pytest.raises(UserError, match="other weights"):
         SampleStore(tmp_path, 4, 2, {"model": "m"}).claim({"unet": "def"})
+
+
+def test_a_digest_written_by_another_run_while_we_hash_is_kept(tmp_path, monkeypatch):
+    from bench import features
+
+    weights, known_file = tmp_path / "w.safetensors", tmp_path / "cache" / "file-sha256.json"
+    weights.write_bytes(b"weights")
+    known_file.parent.mkdir()
+    hash_file = features._hash_file
+
+    def slow_hash(path):  # another rank finishes its own file while this one is still hashing
+        known_file.write_text(json.dumps({"other|1|2": "theirs"}))
+        return hash_file(path)
+
+    monkeypatch.setattr(features, "_hash_file", slow_hash)
+    features._SHA256_CACHE.clear()
+    digest = features.file_sha256(weights, known_file.parent)
+    features._SHA256_CACHE.clear()
+    assert set(json.loads(known_file.read_text()).values()) == {"theirs", digest}
 
 
 def test_file_digests_are_cached_across_runs(tmp_path):
