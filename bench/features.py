@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from bench.errors import UserError
 from bench.protocol import ReferenceSet
-from bench.store import atomic_write_bytes, atomic_write_text
+from bench.store import atomic_write_bytes, atomic_write_text, read_json
 
 
 class FeatureExtractor:
@@ -189,7 +189,7 @@ def file_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
     if key not in _SHA256_CACHE:
         known_file = Path(cache_dir) / "file-sha256.json" if cache_dir else None
         text_key = "|".join(map(str, key))
-        digest = _read_json_or_empty(known_file).get(text_key) if known_file else None
+        digest = (read_json(known_file) or {}).get(text_key) if known_file else None
         if digest is None:
             digest = _hash_file(path)
             if known_file:
@@ -206,20 +206,13 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_json_or_empty(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _remember_digest(known_file: Path, text_key: str, digest: str) -> None:
     """Add one digest to the shared file under an exclusive lock, re-reading it first: ranks and concurrent
     runs that share a cache folder each add theirs without dropping the others'."""
     known_file.parent.mkdir(parents=True, exist_ok=True)
     with open(known_file.with_name(known_file.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        known = _read_json_or_empty(known_file)
+        known = read_json(known_file) or {}
         known[text_key] = digest
         atomic_write_text(known_file, json.dumps(known, indent=0))
 

@@ -7,15 +7,15 @@ base UNet. Weights are read with safetensors only (``use_safetensors=True``); no
 """
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bench.errors import UserError
-from bench.registry import SD_TURBO, ModelSpec
+from bench.registry import SD_TURBO, ModelSpec, folder_base
 from bench.sampling import to_device
+from bench.store import read_json
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,13 +50,6 @@ class LoadedModel:
         return (self.unet.config.in_channels, size, size)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def resolve_layout(location: str, base: str | None = None) -> tuple[str, str | None, str]:
     """(unet location, unet subfolder, base location) for a source, following the accepted layouts."""
     path = Path(location)
@@ -66,11 +59,10 @@ def resolve_layout(location: str, base: str | None = None) -> tuple[str, str | N
         return location, "unet", base or location  # an HF id: a full pipeline repo
     if (path / "model_index.json").exists():
         return location, "unet", base or location
-    pointer = _read_json(path / "bench_base.json") or {}
-    default_base = base or pointer.get("base") or SD_TURBO
+    default_base = base or folder_base(path) or SD_TURBO
     if (path / "unet_ema" / "config.json").exists():
         return location, "unet_ema", default_base
-    config = _read_json(path / "config.json") or {}
+    config = read_json(path / "config.json") or {}
     if config.get("_class_name") == "UNet2DConditionModel":
         return location, None, default_base
     raise UserError(
@@ -113,7 +105,7 @@ def load_unet(location: str, subfolder: str | None = None, dtype: torch.dtype = 
 def load_vae(location: str, dtype: torch.dtype = torch.float32):
     import diffusers
 
-    config = _read_json(Path(location) / "vae" / "config.json") or {"_class_name": "AutoencoderKL"}
+    config = read_json(Path(location) / "vae" / "config.json") or {"_class_name": "AutoencoderKL"}
     name = config.get("_class_name", "AutoencoderKL")
     if name == "PixelAutoencoder":
         from bench.demo.autoencoder import PixelAutoencoder as cls

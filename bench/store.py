@@ -50,6 +50,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
 
 
+def read_json(path: Path) -> dict | None:
+    """A small JSON file's contents, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def changed_settings(recorded: dict, wanted: dict) -> list[str]:
     """The top-level keys whose values differ between two settings dicts, sorted."""
     return sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
