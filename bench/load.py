@@ -6,13 +6,14 @@ release, ``distill.train``'s output), and a PEFT LoRA adapter (``adapter_config.
 base UNet. Weights are read with safetensors only (``use_safetensors=True``); nothing is unpickled.
 """
 
-import hashlib
+import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bench.errors import UserError
+from bench.hashing import folder_sha256
 from bench.registry import SD_TURBO, ModelSpec, folder_base
 from bench.sampling import to_device
 from bench.store import read_json
@@ -102,17 +103,34 @@ def load_unet(location: str, subfolder: str | None = None, dtype: torch.dtype = 
     return UNet2DConditionModel.from_pretrained(location, subfolder=subfolder, torch_dtype=dtype, use_safetensors=True)
 
 
-def load_vae(location: str, dtype: torch.dtype = torch.float32):
+# Autoencoder classes a model folder's ``vae/config.json`` may name. Plug-ins add theirs with
+# ``register_autoencoder`` or, to be found in any process without an import, under the ``bench.autoencoders``
+# entry-point group (the demo world's PixelAutoencoder is declared there in pyproject.toml).
+AUTOENCODERS: dict[str, type] = {}
+
+
+def register_autoencoder(name: str, cls: type) -> None:
+    AUTOENCODERS[name] = cls
+
+
+def autoencoder_class(name: str, location: str) -> type:
     import diffusers
 
+    if name in ("AutoencoderKL", "AutoencoderTiny"):
+        return getattr(diffusers, name)
+    if name not in AUTOENCODERS:
+        for entry in importlib.metadata.entry_points(group="bench.autoencoders", name=name):
+            register_autoencoder(name, entry.load())
+    if name not in AUTOENCODERS:
+        known = ", ".join(["AutoencoderKL", "AutoencoderTiny", *sorted(AUTOENCODERS)])
+        raise UserError(f"{location}/vae: unsupported autoencoder class {name!r} ({known}); a plug-in registers its "
+                        "own with bench.load.register_autoencoder")
+    return AUTOENCODERS[name]
+
+
+def load_vae(location: str, dtype: torch.dtype = torch.float32):
     config = read_json(Path(location) / "vae" / "config.json") or {"_class_name": "AutoencoderKL"}
-    name = config.get("_class_name", "AutoencoderKL")
-    if name == "PixelAutoencoder":
-        from bench.demo.autoencoder import PixelAutoencoder as cls
-    elif name in ("AutoencoderKL", "AutoencoderTiny"):
-        cls = getattr(diffusers, name)
-    else:
-        raise UserError(f"{location}/vae: unsupported autoencoder class {name!r} (AutoencoderKL, AutoencoderTiny)")
+    cls = autoencoder_class(config.get("_class_name", "AutoencoderKL"), location)
     return cls.from_pretrained(location, subfolder="vae", torch_dtype=dtype, use_safetensors=True)
 
 
@@ -129,21 +147,6 @@ def load_text(location: str, dtype: torch.dtype = torch.float32):
     text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", torch_dtype=dtype,
                                                  use_safetensors=True)
     return tokenizer, text_encoder
-
-
-def weights_sha256(folder: str | Path, cache_dir: str | Path | None = None) -> str | None:
-    """sha256 over the weight files of a local folder (names and each file's sha256), None for a hub id;
-    file digests are cached (``bench.features.file_sha256``)."""
-    from bench.features import file_sha256
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file()):
-        digest.update(file.relative_to(folder).as_posix().encode())
-        digest.update(file_sha256(file, cache_dir).encode())
-    return digest.hexdigest()
 
 
 def load_spec_unet(spec: ModelSpec, dtype: torch.dtype = torch.float32, unet_location: str | None = None,
@@ -171,7 +174,7 @@ def weights_identity(spec: ModelSpec, cache_dir: str | Path | None = None) -> di
     sha256 of a local folder's weights, or the hub id itself. The same path holding retrained weights differs."""
     unet_location, subfolder, base = _weights_locations(spec)
     unet = spec.unet or str(Path(unet_location) / (subfolder or ""))
-    return {part: weights_sha256(where, cache_dir) or str(where) for part, where in (("unet", unet), ("base", base))}
+    return {part: folder_sha256(where, cache_dir) or str(where) for part, where in (("unet", unet), ("base", base))}
 
 
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
@@ -197,7 +200,7 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
 
     for module in (unet, text_encoder, vae):
         module.requires_grad_(False).eval().to(device)
-    hashes = {name: weights_sha256(where) for name, where in
+    hashes = {name: folder_sha256(where) for name, where in
               [("unet", spec.unet or (Path(unet_location) / (unet_subfolder or ""))), ("base", base)]}
     return LoadedModel(spec, unet, text_encoder, tokenizer, vae, scheduler_config, device, torch_dtype, sources,
                        {k: v for k, v in hashes.items() if v})

@@ -1,6 +1,6 @@
 """Evaluation protocols: the prompts to generate, the reference images, the image preprocessing.
 
-COCO-2014 30K as SwiftBrush v2 / GigaGAN / DMD2 evaluate it (``reference/paper.md`` section 2): captions from
+COCO-2014 30K as SwiftBrush v2 / GigaGAN / DMD2 evaluate it (``docs/protocol.md``): captions from
 ``captions_val2014.json`` (or a caption file), reference = all val2014 images, every image (real or generated)
 centre-cropped to its short side and PIL-LANCZOS resized to 256 px (SBv2 ``tools/resize.py``, GigaGAN's
 clean-fid ``custom_image_tranform``).

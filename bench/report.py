@@ -1,5 +1,6 @@
 """Results out: table.csv, the markdown report beside the paper's Table 1, image grids, manifest."""
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -89,11 +90,11 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def manifest(args, protocol, specs, stores, extractor_ids, timings, device, world) -> dict:
+def manifest(config, protocol, specs, stores, extractor_ids, timings, device, world) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
-        "args": vars(args),
+        "args": dataclasses.asdict(config),
         "git_commit": _git_commit(),
         "versions": _versions(),
         "device": {"name": _device_name(device), "type": device, "processes": world},
@@ -102,7 +103,7 @@ def manifest(args, protocol, specs, stores, extractor_ids, timings, device, worl
                      "reference": {"identity": protocol.reference.identity, "count": protocol.reference.count},
                      "clip_prefix": protocol.clip_prefix},
         "extractors": extractor_ids,
-        "seed": args.seed,
+        "seed": config.seed,
         "models": {spec.name: {"spec": spec.to_dict(), "store": stores[spec.name].key,
                                "provenance": stores[spec.name].fingerprint.get("provenance"),
                                "weights": stores[spec.name].weights()} for spec in specs},
@@ -169,26 +170,22 @@ def write_grid(out_png: Path, specs, stores, captions) -> Path | None:
     return out_png
 
 
-def write_all(out: Path, report_path: Path, protocol, specs, results, stores, manifest: dict, suite: str,
-              notes: str = "") -> None:
+def write_all(out: Path, report_path: Path, suite, specs, results, stores, manifest: dict) -> None:
+    protocol = suite.protocol
     frame = table(specs, results)
     atomic_write_text(out / "table.csv", frame.to_csv(index=False))
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
     grid = write_grid(report_path.with_suffix("") / "grid.png", specs, stores, protocol.captions)
-    title = "Offline demo world (digits)" if suite == "demo" else "COCO-2014 30K, SwiftBrush v2 Table 1"
     parts = [
-        f"# {title}",
+        f"# {suite.title}",
         f"Protocol `{protocol.name}` (hash `{protocol.hash()[:12]}`), {len(protocol.captions)} samples per model, "
         f"reference {protocol.reference.count} images, {protocol.resize} to {protocol.metric_resolution} px. "
         f"Precision/recall features: `{results[specs[0].name]['pr_features']}`; k = 3. CLIP score is a raw cosine. "
         f"Extractors: " + ", ".join(f"{r} `{i}`" for r, i in manifest["extractors"].items()) + ".",
         markdown_table(specs, results),
     ]
-    if suite != "demo":
-        parts.append("Paper numbers: SwiftBrush v2 (arXiv 2408.14176) Table 1 / Table 3. "
-                     "FID is biased by sample count: compare only at N = 30,000.")
-    if notes:
-        parts.append(notes)
+    if suite.notes:
+        parts.append(suite.notes)
     if grid:
         parts.append(f"![samples]({grid.relative_to(report_path.parent).as_posix()})")
     parts.append(f"Manifest: `{out / 'manifest.json'}` (git {manifest['git_commit'][:12]}, device "

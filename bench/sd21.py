@@ -1,5 +1,10 @@
 """The Stable Diffusion 2.1-base architecture, shipped as configs: random weights in the real shapes
-give real speed and memory figures without a download (``reference/distill.md`` section 3)."""
+give real speed and memory figures without a download.
+
+Values from the published ``unet/config.json``, ``vae/config.json``, ``text_encoder/config.json`` and
+``scheduler/scheduler_config.json`` of ``stabilityai/stable-diffusion-2-1-base`` (epsilon prediction, 512 px,
+latent 64); keys not listed take diffusers' / transformers' defaults, which equal the published values.
+"""
 
 import torch
 
@@ -42,8 +47,10 @@ def random_components(dtype: torch.dtype = torch.float16, device: str = "cpu", s
     return {name: module.to(dtype).eval().requires_grad_(False) for name, module in parts.items()}
 
 
-def save_random_pipeline(path, dtype: torch.dtype = torch.float16, scheduler: str = "DDIMScheduler", seed: int = 0):
-    """A StableDiffusionPipeline folder with random SD 2.1-base weights and the real CLIP tokenizer."""
+def save_random_pipeline(path, dtype: torch.dtype = torch.float16, scheduler: str = "DDIMScheduler", seed: int = 0,
+                         device: str = "cpu"):
+    """A StableDiffusionPipeline folder with random SD 2.1-base weights and the real CLIP tokenizer (``device``
+    only speeds up the random initialisation)."""
     import tempfile
 
     import diffusers
@@ -51,7 +58,7 @@ def save_random_pipeline(path, dtype: torch.dtype = torch.float16, scheduler: st
 
     from bench.tokenizer import write_clip_tokenizer
 
-    parts = random_components(dtype, seed=seed)
+    parts = {name: part.cpu() for name, part in random_components(dtype, device, seed).items()}
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = write_clip_tokenizer(scratch)
     pipeline = StableDiffusionPipeline(

@@ -1,174 +1,51 @@
 """``python -m bench.sweep_lambda --a sdturbo --b swiftbrush --lams 0:1:0.1``: SwiftBrush v2's Figure 3.
 
-Each point merges the two students' UNets in memory and is evaluated through the bench engine (its own
-resumable store). The axis is the weight w of B, as Figure 3 draws it (0 = SD Turbo, 1 = SwiftBrush):
-
-    theta = (1 - w) * theta_A + w * theta_B        (Eq. 6 with lambda = 1 - w)
-
-Text encoder, tokenizer, VAE and scheduler come from A. Writes ``<out>/sweep.csv``,
-``reports/<out name>.md`` and ``reports/<out name>/figure3.png`` with the best point by FID marked.
+Every point w of the grid is the merge (1 − w)·A + w·B evaluated through the bench engine with its own resumable
+store (``bench.sweep``); all ``bench.run`` options but ``--models`` apply.
 """
 
+import argparse
 import dataclasses
-import json
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-
-from bench import report
-from bench.errors import UserError, exit_on_user_error
-from bench.registry import resolve
-from bench.run import ModelRun, build_parser, run_models, start
-from bench.store import atomic_write_bytes, atomic_write_text
-
-CONVENTION = "w = weight of B: θ = (1 − w)·θ_A + w·θ_B (Eq. 6 with λ = 1 − w)"
+from bench import config as config_cli
+from bench import engine, suites
+from bench.config import option
+from bench.errors import exit_on_user_error
+from bench.suites import RunConfig
 
 
-def parse_grid(text: str) -> list[float]:
-    """``start:stop:step`` (inclusive) or a comma list; every point in [0, 1]."""
-    try:
-        if ":" in text:
-            first, last, step = (float(v) for v in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            points = np.round(np.arange(first, last + step / 2, step), 6).tolist()
-        else:
-            points = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--lams {text!r}: expected start:stop:step (e.g. 0:1:0.1) or a list (0,0.5,1)") from None
-    if not points or any(not 0 <= w <= 1 for w in points):
-        raise UserError(f"--lams {text!r}: every weight must lie in [0, 1]")
-    return sorted(set(points))
+@dataclass(frozen=True)
+class SweepConfig:
+    a: str = option(None, "student A (w = 0): a registry name or NAME=PATH", required=True)
+    b: str = option(None, "student B (w = 1): a registry name or NAME=PATH", required=True)
+    lams: str = option("0:1:0.1", "weights w of B: start:stop:step or a comma list")
 
 
-def merged_loader(spec_a, spec_b, w: float, device: str, dtype: str | None, cache: dict):
-    """A loader for the point w: both UNets are read once, in float32, and merged per point."""
-
-    def load():
-        import torch
-
-        from bench.load import load_model, load_spec_unet
-        from distill.merge import merge_unets
-
-        if "a" not in cache:
-            cache["a"] = load_model(spec_a, device=device, dtype=dtype)
-            cache["unet_a"] = load_spec_unet(spec_a, torch.float32)
-            cache["unet_b"] = load_spec_unet(spec_b, torch.float32)
-        try:
-            unet = merge_unets(cache["unet_a"], cache["unet_b"], lam=1.0 - w)
-        except ValueError as error:
-            raise UserError(f"cannot merge {spec_a.name} and {spec_b.name}: {error}") from error
-        model = cache["a"]
-        unet = unet.to(model.device, model.dtype).eval().requires_grad_(False)
-        return dataclasses.replace(model, unet=unet, spec=dataclasses.replace(model.spec, name=f"w={w:g}"))
-
-    return load
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench.sweep_lambda", description=__doc__.split("\n\n")[0])
+    config_cli.add_arguments(parser, SweepConfig)
+    config_cli.add_arguments(parser, RunConfig, skip=("models",))
+    return parser
 
 
-def point_names(grid: list[float]) -> list[str]:
-    """``w0.25``-style names with as many decimals as tell the points apart: each point has its own store."""
-    digits = 2
-    while len({f"{w:.{digits}f}" for w in grid}) < len(set(grid)):
-        digits += 1
-    return [f"w{w:.{digits}f}" for w in grid]
+def sweep(config: RunConfig, points: SweepConfig):
+    from bench.sweep import run_sweep
+
+    name = "sweep-" + "-".join(entry.split("=")[0] for entry in (points.a, points.b))
+    config = dataclasses.replace(config, out=config.out or f"results/{name}")
+    state, device = engine.start(config)
+    suite, config = suites.build(config)
+    return run_sweep(config, suite, points.a, points.b, points.lams, state, device)
 
 
-def plot(frame: pd.DataFrame, name_a: str, name_b: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    best = frame.loc[frame["fid"].idxmin()]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
-    for ax, metric in zip(axes, ["fid", "clip_score", "precision", "recall"]):
-        ax.plot(frame["w"], frame[metric], "o-")
-        ax.plot(best["w"], best[metric], "r*", markersize=14, label=f"best FID (w = {best['w']:g})")
-        ax.set_title(metric.replace("_", " "))
-        ax.set_xlabel(f"w (0 = {name_a}, 1 = {name_b})")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Interpolation {name_a} ↔ {name_b}; {CONVENTION}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=130))
-    plt.close(fig)
-
-
-def sweep(args) -> pd.DataFrame | None:
-    default = "sweep-" + "-".join(entry.split("=")[0] for entry in (args.a, args.b))
-    args.out = args.out or f"results/{default}"
-    args.report = args.report or f"reports/{Path(args.out).name}.md"
-    state, device, suite = start(args)
-    return run_sweep(args, suite, state, device)
-
-
-def run_sweep(args, suite, state, device: str) -> pd.DataFrame | None:
-    """The sweep of ``args.a`` ↔ ``args.b`` over ``args.lams`` in an already set-up suite; it writes under
-    ``suite.out`` and to ``suite.report`` (``bench.run`` calls it for the demo suite's own sweeps)."""
-    spec_a, spec_b = resolve(args.a, suite.registry), resolve(args.b, suite.registry)
-    for spec in (spec_a, spec_b):
-        if spec.kind != "one-step":
-            raise UserError(f"--a/--b {spec.name!r} is a {spec.kind} model: the sweep merges one-step students")
-    from bench.load import weights_identity
-
-    cache, models, grid = {}, [], parse_grid(args.lams)
-    parents = {}  # both students' weights identity, computed once for all points
-
-    def weights() -> dict:
-        if not parents:
-            parents.update(a=weights_identity(spec_a, args.cache_dir), b=weights_identity(spec_b, args.cache_dir))
-        return parents
-
-    for w, name in zip(grid, point_names(grid)):
-        point = dataclasses.replace(spec_a, name=name, paper_row=None, hint="")
-        provenance = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "w_of_b": w, "convention": CONVENTION}
-        models.append(ModelRun(point, merged_loader(spec_a, spec_b, w, device, args.dtype, cache), provenance,
-                               weights))
-    done = run_models(args, suite, models, state, device)
-    if done is None:
-        return None
-    results, stores, timings, extractor_ids = done
-    frame = pd.DataFrame([{"w": p["w_of_b"], "lambda_eq6": round(1 - p["w_of_b"], 6), **results[s.name]}
-                          for s, _, p, _ in models])
-    out, report_path = suite.out, suite.report
-    atomic_write_text(out / "sweep.csv", frame.to_csv(index=False))
-    figure = report_path.with_suffix("") / "figure3.png"
-    plot(frame, spec_a.name, spec_b.name, figure)
-    manifest = report.manifest(args, suite.protocol, [model.spec for model in models], stores, extractor_ids, timings,
-                               device, state.num_processes)
-    manifest["sweep"] = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "convention": CONVENTION}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
-    best = frame.loc[frame["fid"].idxmin()]
-    columns = ["w", "lambda_eq6", "n_samples", "fid", "precision", "recall", "clip_score"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(f"{row[c]:.4g}" for c in columns) + " |" for _, row in frame.iterrows()]
-    text = [f"# Weight interpolation {spec_a.name} ↔ {spec_b.name} (Figure 3)",
-            f"{CONVENTION}. w = 0 is {spec_a.name}, w = 1 is {spec_b.name}. Protocol `{suite.protocol.name}`, "
-            f"{len(suite.protocol.captions)} samples per point.", "\n".join(lines),
-            f"Best FID at w = {best['w']:g} (λ = {best['lambda_eq6']:g}): FID {best['fid']:.3f}, precision "
-            f"{best['precision']:.3f}, recall {best['recall']:.3f}, CLIP {best['clip_score']:.4f}.",
-            f"![figure 3]({figure.relative_to(report_path.parent).as_posix()})",
-            f"Manifest: `{out / 'manifest.json'}`."]
-    atomic_write_text(report_path, "\n\n".join(text) + "\n")
-    print(frame[columns].to_string(index=False))
-    return frame
-
-
-def main(argv=None) -> None:
-    parser = build_parser()
-    parser.prog, parser.description = "bench.sweep_lambda", __doc__.split("\n\n")[0]
-    parser.add_argument("--a", required=True, help="student A (w = 0): a registry name or NAME=PATH")
-    parser.add_argument("--b", required=True, help="student B (w = 1): a registry name or NAME=PATH")
-    parser.add_argument("--lams", default="0:1:0.1", help="weights w of B: start:stop:step or a comma list")
-    args = parser.parse_args(argv)
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     from bench.load import hide_library_progress_bars
 
     hide_library_progress_bars()
     with exit_on_user_error("bench.sweep_lambda"):
-        if args.models:
-            raise UserError("--models does not apply to a sweep: name the two students with --a and --b")
-        sweep(args)
+        return sweep(config_cli.from_namespace(RunConfig, args), config_cli.from_namespace(SweepConfig, args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Tiny random models in the real classes, saved with ``save_pretrained`` so that the registry loads
-them as folders exactly like real weights. Configs from diffusers' own SD 2 fast tests
-(``reference/distill.md`` section 2.3), with the real CLIP tokenizer (49,408 ids)."""
+them as folders exactly like real weights: the dummy models of the test suite and of ``--tiny`` probes.
+
+Configs from diffusers' own Stable Diffusion 2 fast tests (``tests/pipelines/stable_diffusion_2/
+test_stable_diffusion.py``, ``get_dummy_components``), with the real CLIP tokenizer (49,408 ids).
+"""
 
 import tempfile
 from pathlib import Path
@@ -28,6 +31,10 @@ TINY_TAESD = dict(
     in_channels=3, out_channels=3, encoder_block_out_channels=[32, 32], decoder_block_out_channels=[32, 32],
     num_encoder_blocks=[1, 1], num_decoder_blocks=[1, 1],
 )
+# A random open_clip model small enough for CPU tests (ViT, 32 px input: the resize path is exercised).
+TINY_OPEN_CLIP = {"embed_dim": 16,
+                  "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                     clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
@@ -68,3 +75,19 @@ def make_tiny_taesd(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     AutoencoderTiny(**TINY_TAESD).save_pretrained(path, safe_serialization=True)
     return Path(path)
+
+
+def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> str:
+    """A random tiny open_clip model as a ``local-dir:`` folder; returns the ``--clip-model`` value."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_OPEN_CLIP)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP, "preprocess_cfg": {}}))
+    return f"local-dir:{folder}"

@@ -5,8 +5,7 @@ written as a pipeline folder, then ``distill.train`` runs a few steps of each sc
 weights cost the same FLOPs and memory as real ones. ``--tiny`` does the same with the tiny test
 models on a CPU in seconds.
 
-SD 2.1-base configs: ``reference/distill.md`` section 3 (UNet and text encoder as transcribed by
-candle from the HF config.json files; 2.1-base is epsilon-prediction at 512 px, latent 64).
+The SD 2.1-base shapes are ``bench.sd21``'s.
 """
 
 import argparse
@@ -15,43 +14,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-SD21_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
-    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024, use_linear_projection=True, norm_num_groups=32,
-    norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1,
-    center_input_sample=False, act_fn="silu", upcast_attention=False,
-)
-SD21_TEXT = dict(
-    vocab_size=49408, hidden_size=1024, intermediate_size=4096, max_position_embeddings=77, num_hidden_layers=23,
-    num_attention_heads=16, projection_dim=512, hidden_act="gelu", layer_norm_eps=1e-5,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
-)
-SD21_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
-    norm_num_groups=32, sample_size=512, act_fn="silu", scaling_factor=0.18215,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-)
-# A small open_clip model for tests and --tiny (ViT, 24 px input so the resize path is exercised).
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 24, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-
-
-def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> str:
-    """A random tiny open_clip model as a ``local-dir:`` folder; returns the ``--clip-model`` value."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    model = open_clip.CLIP(**TINY_CLIP)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
-    return f"local-dir:{folder}"
 
 
 class RandomClipB32(torch.nn.Module):
@@ -81,29 +43,6 @@ def _features(output) -> torch.Tensor:
     return getattr(output, "pooler_output", output)
 
 
-def write_sd21_pipeline(folder: str | Path, seed: int = 0) -> Path:
-    """A random-weight SD 2.1-base pipeline folder (UNet saved in float16 to halve the disk write)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from bench.testing import SD_SCHEDULER
-    from bench.tokenizer import write_clip_tokenizer
-
-    folder = Path(folder)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # random init of 1.3B weights is slow on a CPU
-    torch.manual_seed(seed)
-    with torch.device(device):
-        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = write_clip_tokenizer(scratch)
-    pipeline = StableDiffusionPipeline(unet=unet.half(), vae=vae.half(), text_encoder=text_encoder.half(),
-                                       tokenizer=tokenizer, scheduler=DDIMScheduler(**SD_SCHEDULER),
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
 def probe(workdir: Path, tiny: bool, schemes: list[str], steps: int, batch_size: int, device: str,
           gradient_checkpointing: bool, fake: str, pipeline: str | None = None) -> list[dict]:
     """Build the models once, then time ``steps`` training steps of each scheme (the first is warm-up)."""
@@ -111,7 +50,8 @@ def probe(workdir: Path, tiny: bool, schemes: list[str], steps: int, batch_size:
 
     from diffusers import AutoencoderTiny
 
-    from bench.testing import make_tiny_pipeline, make_tiny_taesd
+    from bench.sd21 import save_random_pipeline
+    from bench.testing import make_tiny_pipeline, make_tiny_taesd, write_tiny_open_clip
     from distill.train import TrainConfig, train
 
     if tiny:
@@ -119,7 +59,9 @@ def probe(workdir: Path, tiny: bool, schemes: list[str], steps: int, batch_size:
         taesd, clip_pretrained = make_tiny_taesd(workdir / "taesd"), None
         clip_model = write_tiny_open_clip(workdir / "clip")
     else:
-        pipeline, taesd = pipeline or write_sd21_pipeline(workdir / "pipeline"), workdir / "taesd"
+        device_init = "cuda" if torch.cuda.is_available() else "cpu"  # random init of 1.3B weights is slow on a CPU
+        pipeline = pipeline or save_random_pipeline(workdir / "pipeline", device=device_init)
+        taesd = workdir / "taesd"
         AutoencoderTiny().save_pretrained(taesd)  # TAESD's default config is the SD one
         clip_model, clip_pretrained = "distill.probe:RandomClipB32", str(Path(pipeline) / "tokenizer")
     prompts = workdir / "prompts.txt"

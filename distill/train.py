@@ -4,7 +4,7 @@ SwiftBrush v2 (arXiv 2408.14176) released no training code; this follows SwiftBr
 script (VinAIResearch/SwiftBrush ``train_swiftbrush.py``) for the VSD mechanics, the paper for the v2
 additions (SD-Turbo init, LoRA student r=256/alpha=512, clamped CLIP loss through TAESD), DMD2
 (tianweiy/DMD2) for the optional stabilisers, and diffusers' LoRA training examples for the order of
-the script. ``reference/distill.md`` has the sources.
+the script. ``docs/distill.md`` lists the sources and where we depart from them.
 
     python -m distill.train --prompts prompts.txt --scheme full --out results/model-a       # model A
     python -m distill.train --prompts prompts.txt --scheme lora --clip-pretrained vitb32.pt \\
@@ -24,14 +24,16 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.config import add_arguments, from_namespace, option
 from bench.errors import UserError, exit_on_user_error
+from bench.hashing import folder_sha256, locations_sha256
 from bench.load import (
     encode_prompts,
     fuse_lora,
@@ -41,7 +43,6 @@ from bench.load import (
     load_unet,
     load_vae,
     resolve_layout,
-    weights_sha256,
 )
 from bench.registry import SD21, SD21_MIRROR, SD_TURBO
 from bench.sampling import alphas_cumprod, onestep_timestep, onestep_x0, sample_noise
@@ -55,85 +56,83 @@ ATTENTION = "to_q,to_k,to_v,to_out.0"
 SD21_HINT = f"; Stability AI withdrew SD 2.1 from the Hub in late 2025, try --teacher {SD21_MIRROR}"
 
 
-def _f(default, help, **extra):
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass
 class TrainConfig:
     # models
-    prompts: str = _f("", "training prompts: .txt (one per line), .jsonl, .csv or .parquet; deduplicated")
-    prompt_column: str | None = _f(None, "column/key of the prompt in jsonl/csv/parquet "
-                                         "(default: prompt, caption, text)")
-    teacher: str = _f(SD21, "frozen teacher: HF id or pipeline folder (also gives the text encoder and scheduler)")
-    student_init: str = _f(SD_TURBO, "student init: HF id, pipeline folder, UNet folder or folder with unet_ema/")
-    student_base: str | None = _f(None, "tokenizer/text encoder/VAE/scheduler of the student, written to "
-                                        "bench_base.json (default: the init's base; the teacher for a bare UNet)")
-    scheme: str = _f("lora", "full: all UNet weights, VSD only (model A); lora: LoRA student, VSD + CLIP (model B)",
-                     choices=["full", "lora"])
-    out: str = _f("results/sbv2-student", "output folder: unet_ema/, checkpoints/, logs/, samples/")
+    prompts: str = option("", "training prompts: .txt (one per line), .jsonl, .csv or .parquet; deduplicated")
+    prompt_column: str | None = option(None, "column/key of the prompt in jsonl/csv/parquet "
+                                       "(default: prompt, caption, text)")
+    teacher: str = option(SD21, "frozen teacher: HF id or pipeline folder (also gives the text encoder and scheduler)")
+    student_init: str = option(SD_TURBO, "student init: HF id, pipeline folder, UNet folder or folder with unet_ema/")
+    student_base: str | None = option(None, "tokenizer/text encoder/VAE/scheduler of the student, written to "
+                                      "bench_base.json (default: the init's base; the teacher for a bare UNet)")
+    scheme: str = option("lora", "full: all UNet weights, VSD only (model A); lora: LoRA student, VSD + CLIP "
+                         "(model B)", choices=["full", "lora"])
+    out: str = option("results/sbv2-student", "output folder: unet_ema/, checkpoints/, logs/, samples/")
     # optimisation
-    max_steps: int = _f(60_000, "student updates (SwiftBrush: 3 epochs of 1.38M prompts at batch 64 = 65k)")
-    stop_at: int | None = _f(None, "stop (with a checkpoint) after this step, for time-sliced jobs; "
-                                   "schedules still span --max-steps")
-    batch_size: int = _f(16, "prompts per process per step (SwiftBrush: 16 per GPU)")
-    lr: float | None = _f(None, "student learning rate (default: full 1e-6 as SwiftBrush; lora 1e-5)")
-    fake_lr: float | None = _f(None, "fake-teacher learning rate (default: LoRA fake 1e-3 as SwiftBrush; full 1e-5)")
-    weight_decay: float = _f(0.01, "AdamW weight decay of both optimizers")
-    warmup_steps: int = _f(0, "linear learning-rate warm-up steps (both optimizers)")
-    max_grad_norm: float = _f(1.0, "gradient clipping of both models (SwiftBrush 1, DMD2 10)")
-    ema_decay: float = _f(0.9999, "student EMA decay (diffusers EMAModel, warm-up (1+n)/(10+n)); short runs: 0.99")
-    seed: int = _f(0, "seed of weights init, noise, timesteps and data order")
-    device: str = _f("auto", "auto (GPU if any), cpu or cuda", choices=["auto", "cpu", "cuda"])
-    precision: str = _f("auto", "auto: bf16 autocast on a GPU, fp32 on a CPU", choices=["auto", "bf16", "fp32"])
-    gradient_checkpointing: bool = _f(False, "recompute UNet activations in backward (student and fake)")
+    max_steps: int = option(60_000, "student updates (SwiftBrush: 3 epochs of 1.38M prompts at batch 64 = 65k)")
+    stop_at: int | None = option(None, "stop (with a checkpoint) after this step, for time-sliced jobs; "
+                                 "schedules still span --max-steps")
+    batch_size: int = option(16, "prompts per process per step (SwiftBrush: 16 per GPU)")
+    lr: float | None = option(None, "student learning rate (default: full 1e-6 as SwiftBrush; lora 1e-5)")
+    fake_lr: float | None = option(None, "fake-teacher learning rate (default: LoRA fake 1e-3 as SwiftBrush; "
+                                   "full 1e-5)")
+    weight_decay: float = option(0.01, "AdamW weight decay of both optimizers")
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps (both optimizers)")
+    max_grad_norm: float = option(1.0, "gradient clipping of both models (SwiftBrush 1, DMD2 10)")
+    ema_decay: float = option(0.9999, "student EMA decay (diffusers EMAModel, warm-up (1+n)/(10+n)); short runs: 0.99")
+    seed: int = option(0, "seed of weights init, noise, timesteps and data order")
+    device: str = option("auto", "auto (GPU if any), cpu or cuda", choices=["auto", "cpu", "cuda"])
+    precision: str = option("auto", "auto: bf16 autocast on a GPU, fp32 on a CPU", choices=["auto", "bf16", "fp32"])
+    gradient_checkpointing: bool = option(False, "recompute UNet activations in backward (student and fake)")
     # VSD
-    teacher_cfg: float = _f(4.5, "classifier-free guidance of the real teacher (SwiftBrush 4.5; demo world ~2)")
-    fake_cfg: float | None = _f(None, "guidance of the fake teacher (default: the teacher's, as SwiftBrush; DMD2: 1)")
-    fake: str = _f("lora", "fake teacher: LoRA on the teacher's UNet (SwiftBrush) or a full copy (DMD2)",
-                   choices=["lora", "full"])
-    fake_rank: int = _f(64, "LoRA rank of the fake teacher")
-    fake_alpha: float = _f(128.0, "LoRA alpha of the fake teacher (paper 128; SwiftBrush v1 README 108)")
-    fake_targets: str = _f(ATTENTION, "modules of the fake teacher's LoRA, comma-separated")
-    fake_updates: int = _f(1, "fake-teacher updates per student update (DMD2: 5-10); extra ones use fresh samples")
-    fake_warmup_steps: int = _f(0, "first steps update only the fake teacher")
-    normalize_grad: bool = _f(False, "DMD2 gradient: x0-space difference / mean|x0 - x0_real| instead of sigma^2")
-    t_min: int = _f(20, "smallest VSD timestep")
-    t_max: int = _f(980, "largest VSD timestep")
-    null_prompt_p: float = _f(0.1, "probability of the empty prompt in the fake teacher's loss")
+    teacher_cfg: float = option(4.5, "classifier-free guidance of the real teacher (SwiftBrush 4.5; demo world ~2)")
+    fake_cfg: float | None = option(None, "guidance of the fake teacher (default: the teacher's, as SwiftBrush; "
+                                    "DMD2: 1)")
+    fake: str = option("lora", "fake teacher: LoRA on the teacher's UNet (SwiftBrush) or a full copy (DMD2)",
+                       choices=["lora", "full"])
+    fake_rank: int = option(64, "LoRA rank of the fake teacher")
+    fake_alpha: float = option(128.0, "LoRA alpha of the fake teacher (paper 128; SwiftBrush v1 README 108)")
+    fake_targets: str = option(ATTENTION, "modules of the fake teacher's LoRA, comma-separated")
+    fake_updates: int = option(1, "fake-teacher updates per student update (DMD2: 5-10); extra ones use fresh samples")
+    fake_warmup_steps: int = option(0, "first steps update only the fake teacher")
+    normalize_grad: bool = option(False, "DMD2 gradient: x0-space difference / mean|x0 - x0_real| instead of sigma^2")
+    t_min: int = option(20, "smallest VSD timestep")
+    t_max: int = option(980, "largest VSD timestep")
+    null_prompt_p: float = option(0.1, "probability of the empty prompt in the fake teacher's loss")
     # LoRA student
-    student_rank: int = _f(256, "LoRA rank of the student (scheme lora)")
-    student_alpha: float = _f(512.0, "LoRA alpha of the student (scheme lora)")
-    student_targets: str = _f(ATTENTION, "modules of the student's LoRA, comma-separated")
+    student_rank: int = option(256, "LoRA rank of the student (scheme lora)")
+    student_alpha: float = option(512.0, "LoRA alpha of the student (scheme lora)")
+    student_targets: str = option(ATTENTION, "modules of the student's LoRA, comma-separated")
     # clamped CLIP loss
-    clip_weight: float | None = _f(None, "CLIP-loss weight at step 0 (default: lora 0.1, full 0)")
-    clip_weight_end: float = _f(0.0, "CLIP-loss weight at the last step")
-    clip_schedule: str = _f("linear", "shape of the weight decay", choices=["linear", "cosine"])
-    clip_tau: float = _f(0.35, "clamp: samples with cosine above tau get no CLIP loss")
-    clip_model: str = _f("ViT-B-32", "open_clip name, local-dir:FOLDER, or package.module:factory (a plug-in)")
-    clip_pretrained: str | None = _f(None, "open_clip weights file (or tag; 'random' for probes)")
-    decoder: str = _f("taesd", "latent decoder of the CLIP loss: taesd, or vae (the teacher folder's own)",
-                      choices=["taesd", "vae"])
-    taesd: str = _f("madebyollin/taesd", "TAESD (AutoencoderTiny) HF id or folder")
+    clip_weight: float | None = option(None, "CLIP-loss weight at step 0 (default: lora 0.1, full 0)")
+    clip_weight_end: float = option(0.0, "CLIP-loss weight at the last step")
+    clip_schedule: str = option("linear", "shape of the weight decay", choices=["linear", "cosine"])
+    clip_tau: float = option(0.35, "clamp: samples with cosine above tau get no CLIP loss")
+    clip_model: str = option("ViT-B-32", "open_clip name, local-dir:FOLDER, or package.module:factory (a plug-in)")
+    clip_pretrained: str | None = option(None, "open_clip weights file (or tag; 'random' for probes)")
+    decoder: str = option("taesd", "latent decoder of the CLIP loss: taesd, or vae (the teacher folder's own)",
+                          choices=["taesd", "vae"])
+    taesd: str = option("madebyollin/taesd", "TAESD (AutoencoderTiny) HF id or folder")
     # real-data regularisation (DMD's regression loss, in latent space)
-    real_data: str | None = _f(None, "folder of .safetensors files with 'noise' and 'x0' latents and 'prompts' "
-                                     "metadata (distill.utils.write_real_pairs)")
-    real_data_weight: float = _f(0.25, "weight of the MSE between the student's x0 and the pair's x0")
-    real_data_batch: int | None = _f(None, "pairs per process per step (default: --batch-size)")
+    real_data: str | None = option(None, "folder of .safetensors files with 'noise' and 'x0' latents and 'prompts' "
+                                   "metadata (distill.utils.write_real_pairs)")
+    real_data_weight: float = option(0.25, "weight of the MSE between the student's x0 and the pair's x0")
+    real_data_batch: int | None = option(None, "pairs per process per step (default: --batch-size)")
     # bookkeeping
-    cache_dir: str | None = _f(None, "text-embedding cache (default: <out>/text_cache); 77xD per prompt")
-    text_cache_dtype: str = _f("float16", "storage dtype of cached embeddings", choices=["float16", "float32"])
-    text_cache: str = _f("disk", "prompt embeddings: disk (encoded once, memory-mapped) or off (encoded per batch, "
-                                 "for prompt sets whose cache would not fit: 158 KB per prompt for SD 2.1)",
-                         choices=["disk", "off"])
-    log_every: int = _f(10, "print a line every N steps (TensorBoard gets every step)")
-    sample_every: int = _f(500, "sample grid every N steps, raw and EMA student (0: never)")
-    num_samples: int = _f(8, "images in a sample grid (the first prompts, fixed noise)")
-    checkpoint_every: int = _f(1000, "checkpoint every N steps (0: only at the end)")
-    checkpoint_limit: int = _f(3, "keep this many checkpoints")
-    resume: str | None = _f(None, "'latest' or a checkpoint folder")
-    report_to: str = _f("tensorboard", "scalar and image logging", choices=["tensorboard", "none"])
-    save_final: bool = _f(True, "write the final checkpoint and unet_ema/ (off for probes)")
+    cache_dir: str | None = option(None, "text-embedding cache (default: <out>/text_cache); 77xD per prompt")
+    text_cache_dtype: str = option("float16", "storage dtype of cached embeddings", choices=["float16", "float32"])
+    text_cache: str = option("disk", "prompt embeddings: disk (encoded once, memory-mapped) or off (encoded per "
+                             "batch, for prompt sets whose cache would not fit: 158 KB per prompt for SD 2.1)",
+                             choices=["disk", "off"])
+    log_every: int = option(10, "print a line every N steps (TensorBoard gets every step)")
+    sample_every: int = option(500, "sample grid every N steps, raw and EMA student (0: never)")
+    num_samples: int = option(8, "images in a sample grid (the first prompts, fixed noise)")
+    checkpoint_every: int = option(1000, "checkpoint every N steps (0: only at the end)")
+    checkpoint_limit: int = option(3, "keep this many checkpoints")
+    resume: str | None = option(None, "'latest' or a checkpoint folder")
+    report_to: str = option("tensorboard", "scalar and image logging", choices=["tensorboard", "none"])
+    save_final: bool = option(True, "write the final checkpoint and unet_ema/ (off for probes)")
 
 
 # Fields that may change between a run and its resumption; the others must match the checkpoint.
@@ -251,9 +250,9 @@ def train(cfg: TrainConfig) -> dict:
     with utils.loading("student init", cfg.student_init, "--student-init"):
         student = load_unet(student_location, student_subfolder)
         student_schedule = load_scheduler_config(student_base)
-    encoder_hash = weights_sha256(Path(teacher_base) / "text_encoder")
+    encoder_hash = folder_sha256(Path(teacher_base) / "text_encoder")
     if _portable(student_base) != _portable(teacher_base):
-        student_hash = weights_sha256(Path(student_base) / "text_encoder")
+        student_hash = folder_sha256(Path(student_base) / "text_encoder")
         if encoder_hash and student_hash and encoder_hash != student_hash:
             raise UserError(f"the student's base {student_base!r} has another text encoder than the teacher "
                             f"{teacher_base!r}: pass --student-base with the teacher's text encoder")
@@ -349,7 +348,7 @@ def train(cfg: TrainConfig) -> dict:
         clip_loss = ClampedClipLoss(decoder, encoder.encode_image, cfg.clip_tau)
         clip_key = {"clip": cfg.clip_model, "pretrained": cfg.clip_pretrained,
                     "seed": cfg.seed if cfg.clip_pretrained == "random" else None,
-                    "sha256": utils.sha256_of(cfg.clip_model.removeprefix("local-dir:"), cfg.clip_pretrained)}
+                    "sha256": locations_sha256(cfg.clip_model.removeprefix("local-dir:"), cfg.clip_pretrained)}
         with accelerator.main_process_first():
             clip_text = utils.cached_embeddings(cache, clip_key, prompts,
                                                 lambda texts: torch.as_tensor(encoder.encode_text(texts)),
@@ -432,7 +431,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # What the data order is a function of, besides the step: a resume must see the same prompts and pairs.
     data_digest = {"prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-                   "pairs": utils.sha256_of(cfg.real_data) if cfg.real_data else None}
+                   "pairs": locations_sha256(cfg.real_data) if cfg.real_data else None}
     step = 0
     if cfg.resume is not None:
         found = utils.list_checkpoints(checkpoints) if cfg.resume == "latest" else [Path(cfg.resume)]
@@ -570,12 +569,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(prog="distill.train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
-    utils.add_dataclass_arguments(parser, TrainConfig)
+    add_arguments(parser, TrainConfig)
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     args = parser.parse_args(argv)
     hide_library_progress_bars()
     with exit_on_user_error("distill.train"):
-        cfg = utils.config_from_namespace(TrainConfig, args)
+        cfg = from_namespace(TrainConfig, args)
         if args.dry_run:
             print(json.dumps(dataclasses.asdict(resolve(cfg)), indent=1))
             return None

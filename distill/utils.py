@@ -1,21 +1,17 @@
-"""Pieces of ``distill.train`` that are not the training loop: CLI from a dataclass, data order, text cache,
+"""Pieces of ``distill.train`` that are not the training loop: data order, text cache,
 checkpoint files, real (noise, image) pairs, image grids.
 
 Checkpoints hold no pickled objects: weights are safetensors; optimizer and RNG states are
 ``torch.save`` dicts of tensors and plain Python values, read back with ``torch.load(weights_only=True)``.
 """
 
-import argparse
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import types
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -23,28 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench.errors import UserError
-
-# ---------------------------------------------------------------------------------------------- the CLI
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--field-name`` per dataclass field; help text and choices come from ``field(metadata=...)``."""
-    hints = typing.get_type_hints(cls)
-    for spec in dataclasses.fields(cls):
-        flag, kind = "--" + spec.name.replace("_", "-"), hints[spec.name]
-        text = spec.metadata.get("help", "")
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default, help=text)
-            continue
-        if isinstance(kind, types.UnionType):  # "X | None": the value type is X
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        parser.add_argument(flag, type=kind, default=spec.default, choices=spec.metadata.get("choices"),
-                            help=f"{text} (default: %(default)s)")
-
-
-def config_from_namespace(cls, namespace: argparse.Namespace):
-    return cls(**{spec.name: getattr(namespace, spec.name) for spec in dataclasses.fields(cls)})
-
 
 # ------------------------------------------------------------------------------------------- data order
 
@@ -67,21 +41,6 @@ def batch_indices(step: int, count: int, batch_size: int, seed: int, num_process
 
 
 # ------------------------------------------------------------------------------------------- text cache
-
-
-def sha256_of(*locations: str | None) -> str | None:
-    """One digest over local weight files and folders (``bench.load.weights_sha256``); None if none is local."""
-    from bench.features import file_sha256
-    from bench.load import weights_sha256
-
-    digests = []
-    for location in locations:
-        path = Path(location) if location else None
-        if path is not None and path.is_file():
-            digests.append(file_sha256(path))
-        elif path is not None and path.is_dir():
-            digests.append(weights_sha256(path))
-    return hashlib.sha256("".join(d for d in digests if d).encode()).hexdigest() if any(digests) else None
 
 
 def cached_embeddings(cache_dir: str | Path, key: dict, texts: list[str], encode, batch_size: int = 256,

@@ -1,7 +1,7 @@
 """Variational score distillation (VSD) losses on tensors: the student's loss and the fake teacher's.
 
 Follows SwiftBrush (VinAIResearch/SwiftBrush ``train_swiftbrush.py``), with DMD2's choices as options
-(tianweiy/DMD2 ``main/sd_guidance.py``); see ``reference/distill.md`` sections 1.1-1.5.
+(tianweiy/DMD2 ``main/sd_guidance.py``); ``docs/distill.md`` compares the two.
 
 Student step, for the student's one-step sample x0 (``bench.sampling.onestep_x0``):
 

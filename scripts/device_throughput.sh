@@ -4,7 +4,7 @@
 # installed there); OUT is the folder whose files come back.
 # Make .whl here with: pip download --no-deps -d .whl diffusers==0.42.1 open_clip_torch==3.3.0 clean-fid==0.1.35 ftfy wcwidth
 #
-# Sizing, from shared/reference/h100_baseline.md and the one H100 run (reports/throughput.md), about 6 minutes:
+# Sizing, from the one H100 run (reports/throughput.md), about 6 minutes:
 #   setup (imports, random SD 2.1 + ViT-g-14 + Inception built on the GPU, FLOP count)            ~30 s
 #   naive one-step, 512 images (--naive-max-images): 43.7 img/s + 48 ms/PNG inline (one core)    ~37 s
 #   ours one-step, 2048 images (the 2,000-image GPU-busy run): compile UNet ~50 s + VAE

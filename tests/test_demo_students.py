@@ -6,6 +6,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from bench.demo import students, world  # noqa: E402
 from bench.errors import UserError  # noqa: E402
+from bench.suites import SweepSpec  # noqa: E402
 from tests.test_demo import _tiny_settings  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,15 +116,15 @@ def test_demo_suite_lists_students_and_runs_the_sweeps(tiny, monkeypatch):
     from bench.demo import suite
 
     root, folders, _ = tiny
-    listed = suite.students(root)
+    listed = students.student_models(root)
     assert {name: spec.source for name, spec in listed.items()} == {k: str(v) for k, v in folders.items()}
-    for a, b, _ in suite.SWEEPS:
-        assert {a, b} <= set(listed) | {"demo-turbo"}
+    for sweep in suite.SWEEPS:
+        assert {sweep.a, sweep.b} <= set(listed) | {"demo-turbo"}
 
     base = root.parents[2]  # the run's working directory: results/demo-quick/world lives under it
     monkeypatch.chdir(base)
     _tiny_settings(monkeypatch)
-    monkeypatch.setattr(suite, "SWEEPS", (("demo-vsd-full", "demo-vsd-lora-clip", "0,0.5,1"),))
+    monkeypatch.setattr(suite, "SWEEPS", (SweepSpec("demo-vsd-full", "demo-vsd-lora-clip", "0,0.5,1"),))
     run.main(["--suite", "demo", "--quick", "--n", "20", "--batch-size", "10", "--shard-size", "10",
               "--models", "demo-onestep-init,demo-vsd-full,demo-vsd-lora-clip,demo-merged", "--grid", "2"])
     table = pd.read_csv(base / "results" / "demo-quick" / "table.csv").set_index("model")
@@ -130,7 +132,7 @@ def test_demo_suite_lists_students_and_runs_the_sweeps(tiny, monkeypatch):
     assert not (base / "results" / "demo-quick" / "sweep-demo-vsd-full-demo-vsd-lora-clip").exists()  # --models
 
     # The default run (no --models) adds the sweep; its ends are the students' own rows, and demo.md links it.
-    monkeypatch.setattr(suite, "setup_demo", _only(suite.setup_demo, ["demo-vsd-full", "demo-vsd-lora-clip"]))
+    monkeypatch.setattr(suite, "demo_suite", _only(suite.demo_suite, ("demo-vsd-full", "demo-vsd-lora-clip")))
     run.main(["--suite", "demo", "--quick", "--n", "20", "--batch-size", "10", "--shard-size", "10", "--grid", "2"])
     sweep = pd.read_csv(base / "results" / "demo-quick" / "sweep-demo-vsd-full-demo-vsd-lora-clip" / "sweep.csv")
     assert list(sweep["w"]) == [0.0, 0.5, 1.0]
@@ -141,12 +143,10 @@ def test_demo_suite_lists_students_and_runs_the_sweeps(tiny, monkeypatch):
     assert (base / "reports" / "demo-quick-sweep-demo-vsd-full-demo-vsd-lora-clip.md").exists()
 
 
-def _only(setup, names):
-    """``setup_demo`` with fewer default models, to keep the default run of the test short."""
+def _only(factory, names):
+    """``demo_suite`` with fewer default models, to keep the default run of the test short."""
 
-    def wrapped(args):
-        namespace = setup(args)
-        namespace.defaults = names
-        return namespace
+    def wrapped(config):
+        return dataclasses.replace(factory(config), default_models=names)
 
     return wrapped

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from bench.errors import UserError
+from bench.interpolate import merge_state_dicts, merge_unets
 from bench.sampling import alphas_cumprod, onestep_x0, x0_from_eps
-from bench.testing import SD_SCHEDULER, make_tiny_taesd, tiny_unet
+from bench.testing import SD_SCHEDULER, make_tiny_taesd, tiny_unet, write_tiny_open_clip
 from distill import utils
 from distill.clip_loss import ClampedClipLoss, clip_preprocess, clip_weight, decode_to_unit, load_clip_encoder
 from distill.merge import main as merge_main
-from distill.merge import merge_state_dicts, merge_unets
-from distill.probe import write_tiny_open_clip
 from distill.prompts import load_prompts
 from distill.vsd import add_noise, fake_loss, guided_eps, vsd_gradient, vsd_loss
 

@@ -25,9 +25,11 @@ from PIL import Image
 
 from bench import features
 from bench.errors import UserError
-from bench.features import ClipExtractor, build_extractor, cached_features, clip_text
+from bench.features import ClipExtractor, build_extractor, cached_features, clip, clip_text, inception
+from bench.hashing import file_sha256
 from bench.metrics.clipscore import clip_score
 from bench.protocol import ReferenceSet
+from bench.tf32 import tf32
 
 
 def _no_network(*args, **kwargs):
@@ -58,7 +60,7 @@ def offline(monkeypatch, tmp_path_factory):
         if hasattr(module, name):
             monkeypatch.setattr(module, name, _no_network)
     empty = tmp_path_factory.mktemp("cleanfid-default")
-    monkeypatch.setattr(features, "CLEANFID_WEIGHTS_DIR", empty)
+    monkeypatch.setattr(inception, "CLEANFID_WEIGHTS_DIR", empty)
     monkeypatch.delenv("BENCH_WEIGHTS_DIR", raising=False)
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared two-core machine: extra threads only wait
@@ -116,7 +118,7 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
         file.write(b"\x93NUMPY partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(features.np, "save", broken_save)
+    monkeypatch.setattr(np, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         cached_features(tmp_path, {"a": 1}, lambda: np.ones((2, 2), np.float32))
     assert not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
@@ -202,9 +204,9 @@ def test_unknown_extractor_is_a_one_line_user_error():
 
 def test_tf32_flags_are_set_and_restored():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    with features.tf32(False):
+    with tf32(False):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    with features.tf32(True):
+    with tf32(True):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
@@ -216,7 +218,7 @@ def test_tf32_forwards_in_threads_see_their_own_setting_and_the_flags_come_back(
     def forward(allowed: bool):
         barrier.wait()
         for _ in range(200):
-            with features.tf32(allowed):
+            with tf32(allowed):
                 flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
                 time.sleep(0)
                 seen.append((allowed, flags, (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))
@@ -267,7 +269,7 @@ def inception_dir(tmp_path_factory):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated in torch 2.14
-        torch.jit.script(StandInInception().eval()).save(str(folder / features.INCEPTION_FILE))
+        torch.jit.script(StandInInception().eval()).save(str(folder / inception.INCEPTION_FILE))
     return folder
 
 
@@ -304,7 +306,7 @@ def test_inception_equals_cleanfid_clean_mode(monkeypatch, tmp_path, inception_d
     ours = extractor.image_features(images)
     assert ours.shape == (5, 2048) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, cleanfid_pipeline(images, tmp_path, inception_dir, "clean"), rtol=1e-5, atol=1e-6)
-    sha = features.file_sha256(inception_dir / features.INCEPTION_FILE)
+    sha = file_sha256(inception_dir / inception.INCEPTION_FILE)
     assert "inception-clean" in extractor.id and sha in extractor.id and extractor.id.endswith("tf32=0")
 
 
@@ -321,7 +323,7 @@ def test_inception_adm_equals_cleanfid_legacy_tensorflow_on_bgr(monkeypatch, tmp
 
 def test_inception_explicit_path_under_any_name(monkeypatch, tmp_path, inception_dir, images):
     renamed = tmp_path / "my-inception.pt"
-    shutil.copy(inception_dir / features.INCEPTION_FILE, renamed)
+    shutil.copy(inception_dir / inception.INCEPTION_FILE, renamed)
     from_file = build_extractor("inception", weights=str(renamed))
     monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(inception_dir))
     from_env = build_extractor("inception")
@@ -341,14 +343,14 @@ def test_missing_inception_weights_is_a_one_line_user_error(monkeypatch, tmp_pat
     elif setup == "env-missing":
         monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(tmp_path))
     elif setup == "corrupt":
-        (tmp_path / features.INCEPTION_FILE).write_bytes(b"not a torchscript archive\n")
-        options["weights"] = str(tmp_path / features.INCEPTION_FILE)
+        (tmp_path / inception.INCEPTION_FILE).write_bytes(b"not a torchscript archive\n")
+        options["weights"] = str(tmp_path / inception.INCEPTION_FILE)
     with pytest.raises(UserError) as error:
         build_extractor("inception-adm" if setup == "corrupt" else "inception", **options)
     message = str(error.value)
     assert "\n" not in message
     assert "--inception-weights FILE" in message and "BENCH_WEIGHTS_DIR" in message
-    assert features.INCEPTION_URL in message
+    assert inception.INCEPTION_URL in message
 
 
 def test_inception_rejects_non_uint8_images(monkeypatch, inception_dir):
@@ -404,14 +406,14 @@ def test_clip_score_equals_direct_open_clip(tiny_clip, images_256):
     assert image_features.shape == text_features.shape == (3, 16) and image_features.dtype == np.float32
     ours = clip_score(image_features, text_features)
     assert ours == pytest.approx(direct_clip_score(tiny_clip, images_256, CAPTIONS), abs=1e-6)
-    assert features.file_sha256(tiny_clip) in extractor.id
+    assert file_sha256(tiny_clip) in extractor.id
 
 
 def test_clip_weights_from_bench_weights_dir_and_explicit_file(monkeypatch, tmp_path, tiny_clip, images_256):
     explicit = build_extractor("clip", model="bench-tiny", pretrained="tiny", weights=str(tiny_clip))
     weights_dir = tmp_path / "weights"
     weights_dir.mkdir()
-    shutil.copy(tiny_clip, weights_dir / features.clip_weights_names("bench-tiny", "tiny")[1])
+    shutil.copy(tiny_clip, weights_dir / clip.clip_weights_names("bench-tiny", "tiny")[1])
     monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(weights_dir))
     from_env = build_extractor("clip", model="bench-tiny", pretrained="tiny")
     assert from_env.id == explicit.id

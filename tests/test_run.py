@@ -15,12 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
+from bench import suites
+from bench.config import from_namespace
 from bench.errors import UserError
 from bench.generate import Sampler
 from bench.load import load_model
 from bench.registry import ModelSpec
-from bench.run import build_parser, setup_suite
+from bench.run import build_parser
 from bench.sampling import alphas_cumprod, sample_noise, x0_from_eps
+from bench.suites import RunConfig
 from bench.testing import make_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,7 +307,8 @@ def test_save_images_completes_the_pngs_of_a_finished_run_and_keeps_its_shards(w
         assert written.stat().st_mode & 0o777 == 0o666 & ~umask
     image = np.asarray(Image.open(out / "one" / "images" / "00000005.png"))
     sampler = Sampler(load_model(ModelSpec("one", str(world["one"]))), seed=0)
-    captions = setup_suite(build_parser().parse_args(common(world, out, n=16))).protocol.captions
+    config = from_namespace(RunConfig, build_parser().parse_args(common(world, out, n=16)))
+    captions = suites.build(config)[0].protocol.captions
     assert np.array_equal(image, sampler([captions[5]], [5])[0][0])
 
 
@@ -398,36 +402,3 @@ def test_a_store_from_before_weights_were_recorded_adopts_them(tmp_path):
     assert old.weights() == {"unet": "abc"}
     with pytest.raises(UserError, match="other weights"):
         SampleStore(tmp_path, 4, 2, {"model": "m"}).claim({"unet": "def"})
-
-
-def test_a_digest_written_by_another_run_while_we_hash_is_kept(tmp_path, monkeypatch):
-    from bench import features
-
-    weights, known_file = tmp_path / "w.safetensors", tmp_path / "cache" / "file-sha256.json"
-    weights.write_bytes(b"weights")
-    known_file.parent.mkdir()
-    hash_file = features._hash_file
-
-    def slow_hash(path):  # another rank finishes its own file while this one is still hashing
-        known_file.write_text(json.dumps({"other|1|2": "theirs"}))
-        return hash_file(path)
-
-    monkeypatch.setattr(features, "_hash_file", slow_hash)
-    features._SHA256_CACHE.clear()
-    digest = features.file_sha256(weights, known_file.parent)
-    features._SHA256_CACHE.clear()
-    assert set(json.loads(known_file.read_text()).values()) == {"theirs", digest}
-
-
-def test_file_digests_are_cached_across_runs(tmp_path):
-    from bench import features
-
-    weights = tmp_path / "w.safetensors"
-    weights.write_bytes(b"weights")
-    digest = features.file_sha256(weights, tmp_path / "cache")
-    known = json.loads((tmp_path / "cache" / "file-sha256.json").read_text())
-    assert list(known.values()) == [digest]
-    (tmp_path / "cache" / "file-sha256.json").write_text(json.dumps({k: "from-disk" for k in known}))
-    features._SHA256_CACHE.clear()  # a new process: the file is not read again
-    assert features.file_sha256(weights, tmp_path / "cache") == "from-disk"
-    features._SHA256_CACHE.clear()

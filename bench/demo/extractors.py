@@ -5,10 +5,9 @@ contrastive image-text models (the CLIP stand-ins).
   before the ReLU) play Inception's pool features for FID and precision/recall.
 * ``demo-contrastive``: an image tower (a small CNN on the 8x8 gray digit) and a text tower (mean-pooled
   embeddings of the real CLIP tokenizer's ids, then an MLP, so any prompt string is accepted), trained with
-  InfoNCE at a *fixed*, low temperature (0.05) on (digit, prompt) pairs, for a few epochs and with noise
-  augmentation, so that the cosine of a matched pair measures alignment on a graded scale instead of
-  saturating: about 0.41 for real digits against -0.2 for shuffled prompts, and rising with the teacher's
-  guidance (0.41 / 0.46 / 0.48 at cfg 1 / 2 / 4.5). It is the CLIP-score model.
+  InfoNCE at a *fixed*, low temperature on (digit, prompt) pairs with noise augmentation, so that the cosine of a
+  matched pair measures alignment on a graded scale instead of saturating (``docs/demo.md``). It is the
+  CLIP-score model.
 * ``demo-contrastive-loss``: a second contrastive model (another seed and width) for training losses,
   as SwiftBrush v2 uses ViT-B/32 for its CLIP loss and ViT-g/14 for evaluation.
 
@@ -30,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.demo.data import PROMPTS, digits, split, uint8_to_unit
-from bench.features import FeatureExtractor, TextImageExtractor, file_sha256
+from bench.features import FeatureExtractor, TextImageExtractor
+from bench.hashing import file_sha256
 
 VOCAB_SIZE = 49408  # the CLIP BPE vocabulary
 
@@ -51,9 +51,8 @@ class ContrastiveConfig:
     width: int = 16
     embed_dim: int = 32
     token_dim: int = 32
-    # Fixed and low, near where CLIP's learned one ends (0.01): the softmax is satisfied at a moderate cosine,
-    # so matched real pairs sit near 0.4 (shuffled near -0.2) and the score stays graded. At 0.2 every matched
-    # cosine is pushed to about 0.9-0.95 and cfg barely moves it.
+    # Fixed and low, near where CLIP's learned one ends (0.01): the softmax is satisfied at a moderate cosine, so
+    # the score stays graded instead of saturating near 1.
     temperature: float = 0.05
     steps: int = 150
     batch_size: int = 128

@@ -3,10 +3,8 @@
 DMD's regression loss (Yin et al. 2024, section 3.3) as a stand-in for adversarial distillation: pairs of
 noise z and the teacher's DDIM-25, cfg-2 sample from that same z (clamped to [-1, 1]); the student, a full
 copy of the teacher's UNet (its text encoder frozen and shared), is trained by MSE on its one-step x0
-(``bench.sampling.onestep_x0`` at t = 999). Adam 3e-4, batch 64, grad clip 1.0, EMA 0.995, 1,000 steps;
-the EMA weights are saved. On a 1,600-step teacher (demo-classifier features, N = 1,800): FID 48.5 at
-initialisation, 19.6 after 1,000 steps at 3e-4 (23.4 at the prototype's 1e-4; 20.3 after 1,400 steps at 1e-4);
-the teacher's own DDIM-25 cfg-2 samples score 8.7.
+(``bench.sampling.onestep_x0`` at t = 999); the EMA weights are saved. Settings and measurements:
+``docs/demo.md``.
 
 The student is written as a full pipeline folder: its UNet plus copies of the teacher's text encoder,
 tokenizer, scheduler and ``PixelAutoencoder``, so it loads on its own without ``bench_base.json``.
@@ -23,7 +21,7 @@ import torch
 
 from bench import sampling
 from bench.demo.data import EMPTY_PROMPT, PROMPTS
-from bench.demo.teacher import MARKER, encode_prompts, load_components, log_stderr
+from bench.demo.teacher import MARKER, encode_prompts, load_components, log_stderr, progress, update
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,7 @@ class RegressionConfig:
     sample_steps: int = 25
     steps: int = 1000
     batch_size: int = 64
-    lr: float = 3e-4  # the prototype's 1e-4 needs ~1,400 steps to reach what 3e-4 reaches in 1,000
+    lr: float = 3e-4
     ema_decay: float = 0.995
     seed: int = 0
 
@@ -85,16 +83,8 @@ def train_regression(teacher_dir: str | Path, out_dir: str | Path, config: Regre
         batch = torch.randint(0, config.pairs, (config.batch_size,), generator=generator)
         x0 = sampling.onestep_x0(student, noise[batch], table[labels[batch]], abar_t, timestep)
         loss = torch.nn.functional.mse_loss(x0, targets[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        ema.step(params)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if (step + 1) % max(1, config.steps // 8) == 0 or step + 1 == config.steps:
-            elapsed = time.time() - train_start
-            log(f"regression step {step + 1}/{config.steps} loss {running:.4f} ({elapsed:.0f} s, "
-                f"{elapsed / (step + 1):.3f} s/step)")
+        update(loss, optimizer, params, ema)
+        running = progress("regression", step, config.steps, loss, running, train_start, log)
     ema.copy_to(params)
     student.eval()
 

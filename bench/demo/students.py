@@ -6,24 +6,10 @@
 | demo-vsd-lora-clip | VSD + clamped CLIP-stand-in loss, LoRA student, from demo-turbo | model B (SD-Turbo init) |
 | demo-merged | ``distill.merge`` of the two at lambda = 0.5 (0.5 A + 0.5 B) | SwiftBrush v2 |
 
-The VSD recipe is DMD2's two-timescale variant, the one that worked on a CPU prototype
-(``reference/demo_world.md``): a full-copy fake teacher (AdamW 1e-4) updated 5 times per student update, the
-x0-space gradient normalisation, real-teacher guidance 2 and a conditional fake (pixel-space cfg 4.5
-saturates), grad clip 1 (always active), EMA 0.99. Tuned on this machine: batch 32 instead of 64 (the same
-progress per second, twice the updates) and student lr 3e-5 instead of 1e-5 (1e-5 was stable but slow; 5e-5
-was no better). Model A runs 300 steps at about 1.1 s per step on an idle core (1.6-2.6 s on the shared
-2-core machine); in tuning its FID curve flattened after about 240 steps.
-
-Model A starts from the blurry t = 999 class means of the teacher, as SwiftBrush v1 does; model B starts from
-demo-turbo, as SwiftBrush v2 starts from SD-Turbo. (From the teacher init the LoRA student would only trail
-model A along the same path, and their merge would be a straight line.) From demo-turbo, VSD first sharpens
-the samples (FID and precision improve, e.g. 23 -> 16 and 0.81 -> 0.92 at 40 steps) and then drifts toward
-the cfg-2 modes (FID back to 24 at 120 steps, precision 0.93, recall 0.51 -> 0.46), so model B stops at 50
-steps. Its LoRA (rank 16, alpha 16, lr 5e-5) covers attention, resnet convolutions, projections and
-feed-forward layers. The CLIP loss runs on ``demo-contrastive-loss``, a separate contrastive model (SBv2 trains
-with ViT-B/32 and evaluates with ViT-g/14), through the PixelAutoencoder; its clamp tau is placed at the 25th
-percentile of the init's own cosines, so the loss is active on a fraction of the samples (about 13-28% in
-tuning) instead of never (the prototype's pitfall); the fraction is logged and kept in ``bench_demo.json``.
+Both use DMD2's two-timescale VSD (a full-copy fake teacher updated 5 times per student update, the x0-space
+gradient normalisation, real-teacher guidance 2); model B adds a LoRA student and the clamped CLIP loss on
+``demo-contrastive-loss``, with tau at a quantile of the init's own cosines so that the clamp bites. Why these
+settings, and what they measured: ``docs/demo.md``.
 
 Layout of ``<world root>/students``::
 
@@ -35,18 +21,6 @@ Layout of ``<world root>/students``::
 Each folder gets ``bench_demo.json`` last (its settings key, timings and training summary), so a second call
 trains nothing and other settings are refused, as for the world. A run that is killed resumes from its last
 checkpoint (``.<name>.partial/``). Both trainings run at once, one thread each, when there are two cores.
-
-Measured by ``python -m bench.run --suite demo`` (1,800 samples, noise seed 0 | seed 1; FID / precision /
-recall / CLIP stand-in): demo-onestep-init 51.3 / .62 / .27 / .419 | 50.8 / .63 / .27; demo-vsd-full (A)
-34.6 / .69 / .34 / .457 | 34.6 / .68 / .32, i.e. 0.68 x the init's FID with more recall; demo-turbo
-24.7 / .81 / .54 / .446 | 24.5 / .79 / .52; demo-vsd-lora-clip (B) 16.5 / .92 / .53 / .463 | 15.2 / .92 / .54;
-demo-merged 56.8 / .91 / .31 / .482 | 53.7 / .92 / .27. The CLIP clamp (tau 0.36) was active on 24% of
-model B's samples. Sweeps (w = weight of B): A <-> B has no interior point beating both ends in FID or recall
-(the merge of a teacher-init and a turbo-init student is worse than either; precision at w = 0.75 is a little
-above both ends on both seeds, .935 | .932 against .919 | .917); turbo <-> B improves FID and recall in the
-interior on both seeds (w = 0.75: FID 15.0 | 13.9 against 16.5 | 15.2 for B, recall .542 | .556 against
-.528 | .536), with precision and CLIP monotone: SwiftBrush v2's Figure 3 / 7 pattern, by a margin near the
-seed spread (about 1.5 FID).
 """
 
 import json
@@ -250,7 +224,7 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     """
     from bench.demo.data import PROMPTS
     from bench.demo.world import folder_ready, world_paths
-    from bench.features import file_sha256
+    from bench.hashing import file_sha256
 
     begin = time.time()
     world, paths = world_paths(world_root), student_paths(world_root)

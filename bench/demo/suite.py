@@ -1,10 +1,14 @@
-"""``python -m bench.run --suite demo``: the demo world plugged into the same registry, engine, store
-and metrics as COCO. Trains what is missing (cached under ``results/demo/world``), then evaluates."""
+"""``--suite demo``: the demo world plugged into the same registry, engine, store and metrics as COCO.
+
+Trains what is missing (cached under ``results/demo/world``), then evaluates; the default run adds the two
+weight-interpolation sweeps of ``SWEEPS``.
+"""
 
 from pathlib import Path
-from types import SimpleNamespace
 
+from bench.errors import UserError
 from bench.registry import MODELS
+from bench.suites import Suite, SweepSpec
 
 NOTES = """How to read the demo rows:
 - `demo-teacher-cfg*`: the teacher, DDIM 25 steps. As in the paper's SD 2.1 rows, raising the guidance trades
@@ -25,51 +29,45 @@ NOTES = """How to read the demo rows:
 
 
 # The weight-interpolation sweeps (Figure 3) the default demo run adds: (A at w = 0, B at w = 1, grid of w).
-SWEEPS = (("demo-vsd-full", "demo-vsd-lora-clip", "0:1:0.25"), ("demo-turbo", "demo-vsd-lora-clip", "0:1:0.25"))
+SWEEPS = (SweepSpec("demo-vsd-full", "demo-vsd-lora-clip", "0:1:0.25"),
+          SweepSpec("demo-turbo", "demo-vsd-lora-clip", "0:1:0.25"))
 
 
-def setup_demo(args) -> SimpleNamespace:
+def demo_suite(config) -> Suite:
+    """The ``--suite demo`` setup: trains what is missing (one torch thread on a CPU), then the suite."""
     import torch
 
     import bench.demo  # noqa: F401  (registers the demo extractors)
     from bench.demo.models import demo_models
     from bench.demo.protocol import demo_protocol
-    from bench.demo.students import ensure_students, student_paths
+    from bench.demo.students import ensure_students, student_models, student_paths
     from bench.demo.world import ensure_world
 
-    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
-        # The demo's models are tiny: on a CPU the whole run (training and evaluation) uses one torch thread.
-        # Two threads on a shared 2-core machine measured 5x slower generation and 8-60x slower training.
-        torch.set_num_threads(1)
-    variant = "demo-quick" if args.quick else "demo"
-    world = _one_thread(ensure_world, Path("results") / variant / "world", quick=args.quick)
-    _one_thread(ensure_students, world.root, quick=args.quick)  # its trainings: subprocesses on one thread each
-    n = args.n or (600 if args.quick else 1800)
+    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+        torch.set_num_threads(1)  # the demo's models are tiny: threads only add contention (docs/demo.md)
+    variant = "demo-quick" if config.quick else "demo"
+    world = _one_thread(ensure_world, Path("results") / variant / "world", quick=config.quick)
+    _one_thread(ensure_students, world.root, quick=config.quick)  # its trainings: subprocesses on one thread each
+    n = config.n or (600 if config.quick else 1800)
     protocol = demo_protocol(samples_per_prompt=-(-n // 10))
     if len(protocol.captions) != n:
-        from bench.errors import UserError
-
         raise UserError(f"--n {n}: the demo protocol makes 10 prompts with equal counts; pass a multiple of 10")
-    registry = dict(MODELS) | demo_models(world.root) | students(world.root)
+    registry = dict(MODELS) | demo_models(world.root) | student_models(world.root)
     extractors = {
         "fid": ("demo-classifier", {"weights": str(world.classifier)}),
         "clip": ("demo-contrastive", {"weights": str(world.contrastive)}),
     }
-    defaults = [name for name in registry if name.startswith("demo-")]
-    report = Path(args.report or Path("reports") / f"{variant}.md")
-    sweeps = [SimpleNamespace(a=a, b=b, lams=lams, name=f"sweep-{a}-{b}") for a, b, lams in SWEEPS]
+    report = Path(config.report or Path("reports") / f"{Path(config.out or Path('results') / variant).name}.md")
     links = "\n".join(f"- Weight interpolation {s.a} ↔ {s.b} (w = weight of B, {s.lams}): "
-                      f"[{report.stem}-{s.name}.md]({report.stem}-{s.name}.md)" for s in sweeps)
+                      f"[{report.stem}-{s.name}.md]({report.stem}-{s.name}.md)" for s in SWEEPS)
     notes = NOTES.format(students=student_paths(world.root).root) + links + "\n"
-    return SimpleNamespace(protocol=protocol, registry=registry, defaults=defaults, extractors=extractors,
-                           out=Path(args.out or Path("results") / variant), report=report, notes=notes,
-                           sweeps=sweeps)
+    return Suite(name="demo", title="Offline demo world (digits)", protocol=protocol, registry=registry,
+                 default_models=tuple(name for name in registry if name.startswith("demo-")), extractors=extractors,
+                 out=Path("results") / variant, batch_size=100, shard_size=200, notes=notes, sweeps=SWEEPS)
 
 
 def _one_thread(train, *args, **kwargs):
-    """Run a training stage with one torch thread: the demo's models are tiny (the prototype timed everything on
-    one thread), and two threads on a 2-core machine are 8-60x slower as soon as anything else runs (measured:
-    the world's classifier took 294 s instead of ~5 s beside one other busy process)."""
+    """Run a training stage with one torch thread (the demo's models are tiny; see docs/demo.md)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -78,10 +76,3 @@ def _one_thread(train, *args, **kwargs):
         return train(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
-
-
-def students(root: Path) -> dict:
-    """The students ``distill`` trains in this world (``bench.demo.students``), as one-step ModelSpecs."""
-    from bench.demo.students import student_models
-
-    return student_models(root)

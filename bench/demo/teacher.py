@@ -7,12 +7,8 @@ epsilon under SD's scaled-linear schedule (beta 0.00085 -> 0.012, 1000 steps), c
 and an EMA of the weights. The text encoder is small (hidden 64, 2 layers, 4 heads) and trained jointly
 with the UNet. The result is saved as a ``StableDiffusionPipeline`` folder (``model_index.json``,
 ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``vae/``) whose ``vae`` is the exact
-``PixelAutoencoder``, so the rest of the project loads it like any model.
-
-Recipe from the CPU prototype (``reference/demo_world.md``): AdamW lr 1e-3, 100-step warm-up then cosine to
-1e-4, batch 128, grad clip 1.0, EMA decay min(0.999, (1 + s) / (10 + s)); 1,200 steps here (the prototype's
-1,600 cost 0.4 s/step on 2 cores with 77-token cross-attention). Measured with the demo-classifier features
-(N = 1,800): DDIM-25 cfg-2 FID 10.8 after 1,000 steps and 8.7 after 1,600.
+``PixelAutoencoder``, so the rest of the project loads it like any model. The recipe and its history:
+``docs/demo.md``.
 """
 
 import json
@@ -34,7 +30,7 @@ MARKER = "bench_demo.json"  # written last into every trained folder: its presen
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    steps: int = 1200  # 1,600 in the prototype; 1,200 keeps the whole world within ~14 min on 2 cores
+    steps: int = 1200
     batch_size: int = 128
     lr: float = 1e-3
     lr_min: float = 1e-4  # cosine decay ends here
@@ -174,6 +170,26 @@ def write_pipeline(out_dir: str | Path, unet, text_encoder, tokenizer_dir: str |
     (out_dir / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
 
 
+def update(loss: torch.Tensor, optimizer, params: list, ema, lr_schedule=None) -> None:
+    """One optimizer step with grad clip 1 and the EMA update (the teacher's and the regression student's)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    if lr_schedule is not None:
+        lr_schedule.step()
+    ema.step(params)
+
+
+def progress(name: str, step: int, steps: int, loss: torch.Tensor, running: float | None, start: float, log) -> float:
+    """The running loss, logged eight times over a training."""
+    running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+    if (step + 1) % max(1, steps // 8) == 0 or step + 1 == steps:
+        elapsed = time.time() - start
+        log(f"{name} step {step + 1}/{steps} loss {running:.4f} ({elapsed:.0f} s, {elapsed / (step + 1):.3f} s/step)")
+    return running
+
+
 def _lr_lambda(config: TeacherConfig):
     def factor(step: int) -> float:
         if step < config.warmup:
@@ -220,17 +236,8 @@ def train_teacher(out_dir: str | Path, tokenizer_dir: str | Path, config: Teache
         noisy = noise_scheduler.add_noise(x0, noise, t)
         cond = text_encoder(ids)[0][label]  # the 11 distinct prompts once, then gathered per sample
         loss = torch.nn.functional.mse_loss(unet(noisy, t, encoder_hidden_states=cond).sample, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(params)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if (step + 1) % max(1, config.steps // 8) == 0 or step + 1 == config.steps:
-            elapsed = time.time() - start
-            log(f"teacher step {step + 1}/{config.steps} loss {running:.4f} ({elapsed:.0f} s, "
-                f"{elapsed / (step + 1):.3f} s/step)")
+        update(loss, optimizer, params, ema, lr_schedule)
+        running = progress("teacher", step, config.steps, loss, running, start, log)
     ema.copy_to(params)
     unet.eval()
     text_encoder.eval()

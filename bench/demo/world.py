@@ -12,7 +12,6 @@ Layout of ``root`` (default ``results/demo``)::
 Every artefact is written to a temporary name and renamed into place when complete; each records the
 settings that made it (``bench_demo.json`` in folders, safetensors metadata in files), so a second call
 trains nothing and a root trained with other settings (e.g. the quick CI world) is refused, not mixed.
-Budget on 2 CPU cores: about 2 minutes for ``quick=True``, under ~14 minutes for the full world.
 """
 
 import json
@@ -50,16 +49,14 @@ def world_paths(root: str | Path = "results/demo") -> DemoWorld:
 def teacher_config(quick: bool = False):
     from bench.demo.teacher import TeacherConfig
 
-    # Small batches, more updates: 500 steps of 32 learn the text conditioning (cfg trends visible at N = 300),
-    # 150 steps of 128 at the same cost do not (samples at chance for the classifier).
+    # Small batches, more updates: they learn the text conditioning at this cost, large ones do not (docs/demo.md).
     return TeacherConfig(steps=500, batch_size=32, warmup=50) if quick else TeacherConfig()
 
 
 def regression_config(quick: bool = False):
     from bench.demo.regression import RegressionConfig
 
-    # Exercises the code path only: a student regressed on a few hundred pairs of the quick teacher does not beat
-    # its initialisation (it memorises the pairs); the full world's 2,000 pairs and 1,000 steps do.
+    # Exercises the code path only: on a few hundred pairs the student memorises them (docs/demo.md).
     return RegressionConfig(pairs=256, steps=100) if quick else RegressionConfig()
 
 
@@ -221,7 +218,7 @@ def ensure_teacher(root: str | Path = "results/demo", quick: bool = False) -> Pa
 
 
 def ensure_turbo(root: str | Path = "results/demo", quick: bool = False) -> Path:
-    from bench.features import file_sha256
+    from bench.hashing import file_sha256
 
     teacher = ensure_teacher(root, quick)
     path, config = world_paths(root).turbo, regression_config(quick)

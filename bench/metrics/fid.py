@@ -19,8 +19,8 @@ import numpy as np
 import scipy.linalg
 
 # Both tolerances are relative to tr(sigma1) + tr(sigma2), the scale of the terms that FID subtracts.
-# Dropping an imaginary mass m changes FID by at most 2m, so 1e-6 bounds the damage to 2e-6 of that scale.
-# Rank-deficient 2048-d covariances (N = 1000) measured about 1e-8 on this scale.
+# Dropping an imaginary mass m changes FID by at most 2m, so 1e-6 bounds the damage to 2e-6 of that scale;
+# rank-deficient covariances stay well below it (docs/metrics.md).
 IMAG_RTOL = 1e-6
 SQRTM_RTOL = 1e-6
 MIN_SAMPLES = 2048  # pytorch-fid / TTUR advice for 2048-d Inception features

@@ -13,13 +13,14 @@ squared distances: same ordering):
 Distances are float32 ``torch.cdist`` like torch-fidelity (the ADM evaluator also uses float32; NVIDIA's
 StyleGAN2-ADA port uses float16), with TF32 off on a GPU.
 
-Memory: the inputs plus one ``row_block x N`` block at a time, never an N x M matrix. Measured at 40,504 real x
-30,000 fake x 2048-d with the default block: 1.56 GiB peak RSS for the whole process on the CPU (24 s on 16
-cores), 1.04 GiB peak on an H100 (0.6 s).
+Memory: the inputs plus one ``row_block x N`` block at a time, never an N x M matrix (measured peaks:
+``docs/metrics.md``).
 """
 
 import numpy as np
 import torch
+
+from bench.tf32 import tf32
 
 ROW_BLOCK = 1024  # 1024 x 40,504 x 4 B = 166 MB per block; torch.cdist also copies the column set once per call
 
@@ -78,12 +79,7 @@ def precision_recall(
     if row_block < 1:
         raise ValueError(f"row_block must be positive, got {row_block}")
 
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 would round distances to 10 mantissa bits on a GPU
-    try:
-        with torch.inference_mode():
-            precision = _coverage(fake, real, _radii(real, k, row_block), row_block)
-            recall = _coverage(real, fake, _radii(fake, k, row_block), row_block)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    with torch.inference_mode(), tf32(False):  # TF32 would round distances to 10 mantissa bits on a GPU
+        precision = _coverage(fake, real, _radii(real, k, row_block), row_block)
+        recall = _coverage(real, fake, _radii(fake, k, row_block), row_block)
     return precision, recall

@@ -1,0 +1,157 @@
+"""What a run evaluates: the options (``RunConfig``), resolved once against a suite (``Suite``).
+
+A suite owns a protocol (captions, reference images, preprocessing), its model registry and default models, the
+feature extractors of each metric role, and the defaults of n, batch and shard size. Suites are looked up by name
+in ``SUITES``; each entry names its factory as ``module:function``, imported only when the suite is used, so the
+COCO path never imports the demo world.
+"""
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.config import changed_from_default, option, refuse_unused
+from bench.errors import UserError
+from bench.protocol import Protocol
+from bench.registry import MODELS, ModelSpec
+
+PR_K = 3  # the protocol's neighbourhood size for precision/recall (Kynkäänniemi et al. 2019)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    suite: str = option("coco", "protocol and default models", choices=["coco", "demo"])
+    models: str | None = option(None, "comma-separated registry names or NAME=PATH_OR_HF_ID entries")
+    coco: str | None = option(None, "COCO folder with annotations/captions_val2014.json and val2014/ (or .zip)")
+    captions: str | None = option(None, "caption list: .txt (one per line) or SwiftBrush v2's dataset.json")
+    preset: str = option("sbv2", "caption selection from COCO", choices=["sbv2", "random"])
+    n: int | None = option(None, "number of samples (coco: 30000; demo: 1800)")
+    seed: int = option(0, "noise seed; sample i has its own generator seeded by (seed, i)")
+    caption_seed: int = option(0, "seed of the 'random' caption preset")
+    batch_size: int | None = option(None, "samples per generation batch (coco: 16; demo: 100)")
+    shard_size: int | None = option(None, "samples per stored shard (coco: 1000; demo: 200)")
+    out: str | None = option(None, "run folder (default results/<suite>)")
+    report: str | None = option(None, "markdown report path (default reports/<run folder name>.md)")
+    device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    dtype: str | None = option(None, "generation dtype (default: the model's)",
+                               choices=["float16", "bfloat16", "float32"])
+    compile: bool = option(False, "torch.compile the UNet and VAE decoder")
+    fid_features: str | None = option(None, "FID extractor: a registered name or module:factory (coco: inception)")
+    clip_features: str | None = option(None, "CLIP-score extractor (coco: clip = open_clip ViT-g-14)")
+    pr_features: str = option("clean", "precision/recall features: clean = the FID ones; adm = ADM-evaluator-like "
+                                       "(BGR, TF resize)", choices=["clean", "adm"])
+    inception_weights: str | None = option(None, "inception-2015-12-05.pt (TorchScript); or set BENCH_WEIGHTS_DIR")
+    clip_weights: str | None = option(None, "open_clip checkpoint file for --clip-model; or set BENCH_WEIGHTS_DIR")
+    clip_model: str = option("ViT-g-14", "open_clip model name for the CLIP score")
+    clip_pretrained: str = option("laion2b_s12b_b42k", "open_clip pretrained tag")
+    clip_precision: str = option("fp32", "CLIP tower precision; fp16 is ~4x faster on a GPU and recorded in the "
+                                         "extractor id", choices=["fp32", "fp16", "bf16"])
+    cache_dir: str = option("results/cache", "feature cache (reference and text features)")
+    metrics_only: bool = option(False, "recompute metrics from the store; generate nothing")
+    save_images: bool = option(False, "also write 512 px PNGs (background pool)")
+    max_nonfinite: float = option(0.001, "fail when more than this fraction of samples decode to NaN/inf (they "
+                                         "never reach a metric)")
+    grid: int = option(8, "images per model in the report grid")
+    quick: bool = option(False, "demo suite: the reduced CI variant (short training)")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A weight-interpolation sweep a suite's default run adds (Figure 3): A at w = 0, B at w = 1."""
+
+    a: str
+    b: str
+    lams: str  # grid of w: start:stop:step or a comma list
+
+    @property
+    def name(self) -> str:
+        return f"sweep-{self.a}-{self.b}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str  # the report's heading
+    protocol: Protocol
+    registry: Mapping[str, ModelSpec]
+    default_models: tuple[str, ...]
+    extractors: Mapping[str, tuple[str, dict]]  # metric role ("fid", "clip", "pr") -> (extractor name, options)
+    out: Path  # default run folder; the report defaults to reports/<its name>.md
+    batch_size: int
+    shard_size: int
+    notes: str = ""  # printed under the table
+    sweeps: tuple[SweepSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    factory: str  # "module:function(config) -> Suite", imported on use
+    options: tuple[str, ...]  # the suite-specific RunConfig fields it reads; setting another suite's is an error
+
+
+COCO_OPTIONS = ("coco", "captions", "preset", "caption_seed", "fid_features", "clip_features", "pr_features",
+                "inception_weights", "clip_weights", "clip_model", "clip_pretrained", "clip_precision")
+SUITES: dict[str, SuiteEntry] = {
+    "coco": SuiteEntry("bench.suites:coco_suite", COCO_OPTIONS),
+    "demo": SuiteEntry("bench.demo.suite:demo_suite", ("quick",)),
+}
+
+
+def check(config: RunConfig) -> None:
+    """Options that no suite could use, or that this suite would silently ignore: one line each."""
+    for name in ("n", "batch_size", "shard_size", "grid"):
+        value = getattr(config, name)
+        if value is not None and value < (0 if name == "grid" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if config.n is not None and config.n <= PR_K:
+        raise UserError(f"--n {config.n}: precision/recall with k = {PR_K} needs more than {PR_K} samples")
+    if not 0 <= config.max_nonfinite <= 1:
+        raise UserError(f"--max-nonfinite is a fraction in [0, 1], got {config.max_nonfinite}")
+    if config.suite not in SUITES:
+        raise UserError(f"unknown suite {config.suite!r}: choose one of {', '.join(SUITES)}")
+    own = SUITES[config.suite].options
+    others = [name for entry in SUITES.values() for name in entry.options if name not in own]
+    if used := changed_from_default(config, dict.fromkeys(others)):
+        raise UserError(f"{', '.join(used)} do not apply to --suite {config.suite}: drop them")
+
+
+def build(config: RunConfig) -> tuple[Suite, RunConfig]:
+    """The suite ``config`` names, and ``config`` with every default the suite supplies filled in."""
+    check(config)
+    module, attr = SUITES[config.suite].factory.split(":")
+    suite = getattr(importlib.import_module(module), attr)(config)
+    out = config.out or str(suite.out)
+    resolved = dataclasses.replace(
+        config, n=len(suite.protocol.captions), batch_size=config.batch_size or suite.batch_size,
+        shard_size=config.shard_size or suite.shard_size, out=out,
+        report=config.report or str(Path("reports") / f"{Path(out).name}.md"))
+    return suite, resolved
+
+
+def coco_suite(config: RunConfig) -> Suite:
+    """COCO-2014 30K as SwiftBrush v2 evaluates it (``docs/protocol.md``)."""
+    from bench.protocol import coco_protocol
+
+    if config.captions:
+        refuse_unused(config, ["preset", "caption_seed"], "choose captions from COCO's annotations; --captions gives "
+                      "the list itself: drop them")
+    if not config.coco and not config.captions:
+        raise UserError("the coco suite needs --coco DIR (annotations + val2014) or --captions FILE with --coco for "
+                        "the reference images; for the offline demo use --suite demo")
+    protocol = coco_protocol(config.coco, captions_file=config.captions, preset=config.preset, n=config.n or 30000,
+                             seed=config.caption_seed)
+    extractors = {
+        "fid": (config.fid_features or "inception", {"weights": config.inception_weights}),
+        "clip": (config.clip_features or "clip", {"weights": config.clip_weights, "model": config.clip_model,
+                                                  "pretrained": config.clip_pretrained,
+                                                  "precision": config.clip_precision}),
+    }
+    if config.pr_features == "adm":
+        extractors["pr"] = ("inception-adm", {"weights": config.inception_weights})
+    return Suite(name="coco", title="COCO-2014 30K, SwiftBrush v2 Table 1", protocol=protocol, registry=dict(MODELS),
+                 default_models=("sdturbo", "swiftbrush", "merged"), extractors=extractors,
+                 out=Path("results/coco"), batch_size=16, shard_size=1000,
+                 notes="Paper numbers: SwiftBrush v2 (arXiv 2408.14176) Table 1 / Table 3. "
+                       "FID is biased by sample count: compare only at N = 30,000.")
