@@ -1,39 +1,70 @@
 """The generation engine: prompts and sample indices in, uint8 images out.
 
 Sample i is a pure function of (model, prompt i, seed, i): its noise comes from its own generator
-(``bench.sampling.sample_noise``), so batch size, resume and the number of GPUs change nothing.
+(``bench.sampling.sample_noise``, and ``step_generators`` for schedulers that draw step noise), so resume and the
+number of GPUs change nothing, and batch size only moves floating-point rounding.
 """
 
+import inspect
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from bench.errors import UserError
 from bench.load import LoadedModel, encode_prompts
-from bench.sampling import alphas_cumprod, denoise, onestep_timestep, onestep_x0, sample_noise, to_device
+from bench.sampling import (
+    alphas_cumprod,
+    check_onestep,
+    denoise,
+    draws_step_noise,
+    onestep_timestep,
+    onestep_x0,
+    sample_noise,
+    step_generators,
+    to_device,
+)
 
 
 class Sampler:
-    """Runs one loaded model: ``sampler(prompts, indices) -> (uint8 NHWC images, finite mask)``."""
+    """Runs one loaded model: ``sampler(prompts, indices) -> (uint8 NHWC images, finite mask)``.
+
+    The scheduler class is the spec's (a registry entry pins the paper's sampler) or the model folder's; its
+    config decides the prediction type. A scheduler that draws step noise gets per-sample generators; one that
+    draws noise without taking a generator cannot be sampled reproducibly and is refused.
+    """
 
     def __init__(self, model: LoadedModel, seed: int = 0, compile: bool = False):
         self.model, self.seed = model, seed
-        spec = model.spec
-        self.timestep = spec.timestep if spec.timestep is not None else onestep_timestep(model.scheduler_config)
-        self.abar = float(alphas_cumprod(model.scheduler_config)[self.timestep])
+        spec, config = model.spec, model.scheduler_config
+        self.prediction_type = config.get("prediction_type", "epsilon")
+        self.timestep = spec.timestep if spec.timestep is not None else onestep_timestep(config)
+        self.abar = float(alphas_cumprod(config)[self.timestep])
         self.scheduler = None
-        if spec.kind == "multi-step":
-            import diffusers
-
-            name = spec.scheduler or model.scheduler_config.get("_class_name", "DDIMScheduler")
-            self.scheduler = getattr(diffusers, name).from_config(model.scheduler_config)
+        if spec.kind == "one-step":
+            try:
+                check_onestep(self.prediction_type, self.abar)
+            except ValueError as error:
+                raise UserError(f"model {spec.name!r} cannot be sampled in one step: {error}") from None
+        else:
+            self.scheduler = _scheduler(spec, config)
         self.unet, self.decode = model.unet, model.vae.decode
         if compile:
             # The first batch pays the compile (tens of seconds on SD 2.1); shapes are static afterwards.
             self.unet = torch.compile(model.unet, dynamic=False)
             self.decode = torch.compile(model.vae.decode, dynamic=False)
         self._uncond = None
+
+    def describe(self) -> dict:
+        """What decides the samples besides weights, seed and captions (stored in the store's key and the card)."""
+        spec = self.model.spec
+        if spec.kind == "one-step":
+            return {"kind": "one-step", "timestep": self.timestep, "abar": round(self.abar, 12),
+                    "prediction_type": self.prediction_type}
+        return {"kind": "multi-step", "scheduler": type(self.scheduler).__name__, "steps": spec.steps,
+                "guidance_scale": spec.guidance_scale, "prediction_type": self.prediction_type,
+                "timestep_spacing": self.scheduler.config.get("timestep_spacing")}
 
     def _uncond_embedding(self, batch: int) -> torch.Tensor:
         if self._uncond is None:
@@ -54,9 +85,10 @@ class Sampler:
         noise = self.noise(indices)
         # 3. One UNet call at t = 999 and the x0 conversion, or the multi-step cfg loop.
         if spec.kind == "one-step":
-            return onestep_x0(self.unet, noise, cond, self.abar, self.timestep)
+            return onestep_x0(self.unet, noise, cond, self.abar, self.timestep, self.prediction_type)
+        generators = step_generators(self.seed, indices) if draws_step_noise(self.scheduler) else None
         return denoise(self.unet, self.scheduler, noise, cond, self._uncond_embedding(len(prompts)),
-                       spec.steps, spec.guidance_scale)
+                       spec.steps, spec.guidance_scale, generators)
 
     @torch.no_grad()
     def decode_images(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +103,31 @@ class Sampler:
     def __call__(self, prompts: list[str], indices) -> tuple[np.ndarray, np.ndarray]:
         images, finite = self.decode_images(self.latents(prompts, indices))
         return images.cpu().numpy(), finite.cpu().numpy()
+
+
+# How Stable Diffusion's folders ship these samplers (SD 2.1-base's scheduler_config.json: PNDM with PLMS only),
+# applied when a spec names one over a folder whose own scheduler is another.
+SHIPPED_SETTINGS = {"PNDMScheduler": {"skip_prk_steps": True}}
+
+
+def _scheduler(spec, config: dict):
+    """The multi-step scheduler of a spec, built from the model's scheduler config; one line when it cannot be."""
+    import diffusers
+
+    name = spec.scheduler or config.get("_class_name", "DDIMScheduler")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "step"):
+        raise UserError(f"model {spec.name!r}: unknown scheduler {name!r}; name a diffusers scheduler class "
+                        "(e.g. PNDMScheduler, DDIMScheduler) in its scheduler_config.json")
+    if name != config.get("_class_name"):  # a named sampler over another's config takes Stable Diffusion's settings
+        config = {**config, **SHIPPED_SETTINGS.get(name, {})}
+    scheduler = cls.from_config(config)
+    source = inspect.getsource(cls.step)
+    if not draws_step_noise(scheduler) and ("randn" in source or "noise_sampler" in source):
+        raise UserError(f"model {spec.name!r}: {name} draws noise without a generator, so its samples would depend "
+                        "on batch size and process count; use a deterministic or generator-taking scheduler "
+                        "(e.g. DDIMScheduler, DDPMScheduler)")
+    return scheduler
 
 
 class FeaturePipeline:

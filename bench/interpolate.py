@@ -50,20 +50,36 @@ def _dense(unet: torch.nn.Module) -> torch.nn.Module:
     return unet
 
 
-def _architecture(unet) -> dict:
-    return {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+# Config keys that change no computation of a given input: the output takes A's value and the difference is listed.
+NOT_STRUCTURAL = {"sample_size"}  # the default generation size, not part of the network
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b or (a in (None, False) and b in (None, False))  # an unset flag: None and False act alike
+
+
+def config_differences(config_a: dict, config_b: dict) -> tuple[list[str], list[str]]:
+    """(structural, other) config keys on which two UNets differ; ``_``-keys (name, version) are ignored."""
+    keys = sorted(k for k in {*config_a, *config_b} if not k.startswith("_"))
+    different = [k for k in keys if not _same(config_a.get(k), config_b.get(k))]
+    return [k for k in different if k not in NOT_STRUCTURAL], [k for k in different if k in NOT_STRUCTURAL]
 
 
 def merge_unets(unet_a: torch.nn.Module, unet_b: torch.nn.Module, lam: float) -> torch.nn.Module:
-    """A new UNet with ``lam * A + (1 - lam) * B``; LoRA students (PeftModel) are fused first.
+    """A new UNet with ``lam * A + (1 - lam) * B`` and A's config; LoRA students (PeftModel) are fused first.
+
+    Compatible means the same state-dict keys and shapes and the same config wherever the config changes the
+    computation (``config_differences``); other differences are allowed.
 
     Raises:
-        ValueError: different architectures (configs), keys or shapes.
+        ValueError: different keys or shapes, or a structural config difference.
     """
     unet_a, unet_b = _dense(unet_a), _dense(unet_b)
-    if _architecture(unet_a) != _architecture(unet_b):
-        diff = sorted(k for k in _architecture(unet_a) if _architecture(unet_a)[k] != _architecture(unet_b).get(k))
-        raise ValueError(f"the two UNets have different architectures (config differs in {', '.join(diff[:5])})")
+    structural, _ = config_differences(dict(unet_a.config), dict(unet_b.config))
+    if structural:
+        raise ValueError(f"the two UNets have different architectures (config differs in {', '.join(structural[:5])})")
     merged = merge_state_dicts(unet_a.state_dict(), unet_b.state_dict(), lam)
     out = copy.deepcopy(unet_a).to(next(iter(merged.values())).dtype)
     out.load_state_dict(merged)

@@ -7,6 +7,7 @@ base UNet. Weights are read with safetensors only (``use_safetensors=True``); no
 """
 
 import importlib.metadata
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,22 +73,22 @@ def resolve_layout(location: str, base: str | None = None) -> tuple[str, str | N
     )
 
 
+@contextmanager
+def guard(what: str, location: str, fix: str):
+    """A library failure while loading (missing folder, no network, corrupt weights) as one line naming what,
+    where, the library's reason and ``fix``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        text = str(error).strip()
+        reason = text.splitlines()[0][:200] if text else type(error).__name__
+        raise UserError(f"cannot load the {what} from {location!r} ({reason}); {fix}") from error
+
+
 def _loading(what: str, location: str, spec: ModelSpec):
-    """Turn a library failure into one line that names the model, the location and the fix."""
-
-    class _Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc is None or isinstance(exc, UserError):
-                return False
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc_type.__name__
-            hint = f"; {spec.hint}" if spec.hint else f"; pass {spec.name}=PATH with a local copy"
-            message = f"cannot load the {what} of model {spec.name!r} from {location!r} ({reason}){hint}"
-            raise UserError(message) from exc
-
-    return _Guard()
+    return guard(f"{what} of model {spec.name!r}", location, spec.hint or f"pass {spec.name}=PATH with a local copy")
 
 
 def fuse_lora(unet: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
@@ -177,14 +178,16 @@ def weights_identity(spec: ModelSpec, cache_dir: str | Path | None = None) -> di
     return {part: folder_sha256(where, cache_dir) or str(where) for part, where in (("unet", unet), ("base", base))}
 
 
-def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
-    """Every module a sampler needs, frozen, in eval mode, on ``device``.
+def effective_dtype(spec: ModelSpec, device: str | torch.device, dtype: str | None = None) -> torch.dtype:
+    """The dtype a model is run in: ``dtype`` or the spec's, except float32 on a CPU (half-precision convolutions
+    there are slow or unsupported)."""
+    return DTYPES[dtype or spec.dtype] if torch.device(device).type != "cpu" else torch.float32
 
-    On a CPU the dtype is float32 whatever the spec says: half-precision convolutions there are slow
-    or unsupported.
-    """
+
+def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str | None = None) -> LoadedModel:
+    """Every module a sampler needs, frozen, in eval mode, on ``device``, in ``effective_dtype``."""
     device = torch.device(device)
-    torch_dtype = DTYPES[dtype or spec.dtype] if device.type != "cpu" else torch.float32
+    torch_dtype = effective_dtype(spec, device, dtype)
     unet_location, unet_subfolder, base = _weights_locations(spec)
     sources = {"unet": f"{unet_location}/{unet_subfolder}" if unet_subfolder else unet_location, "base": base}
 

@@ -49,10 +49,17 @@ class Protocol:
     to_metric_images: Callable[[np.ndarray], np.ndarray]  # uint8 NHWC of any size -> metric resolution
 
     def hash(self) -> str:
+        """Everything the protocol fixes, reference included: the identity of its metrics."""
         payload = json.dumps(
             [self.name, list(self.captions), list(self.caption_ids), self.metric_resolution, self.resize,
              self.clip_prefix, self.reference.identity, self.reference.count]
         )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def samples_hash(self) -> str:
+        """What the stored samples and their features depend on (captions, metric resolution, resize), and not
+        the reference images, which only the metrics use: repairing a reference file keeps every sample."""
+        payload = json.dumps([list(self.captions), self.metric_resolution, self.resize])
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -61,12 +68,29 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _read(path: Path, what: str, fix: str, parse: Callable[[str], object] = str):
+def read_utf8(path: str | Path, what: str, fix: str) -> str:
+    """A text file as UTF-8 (a byte-order mark is dropped); one line naming the file, the line and the fix when it
+    is missing, unreadable or not UTF-8."""
+    path = Path(path)
     try:
-        return parse(Path(path).read_text(encoding="utf-8-sig"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{what} {path} not found; {fix}") from None
-    except (OSError, ValueError) as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except OSError as error:
+        raise UserError(f"{what} {path} is unreadable ({_one_line(error)}); {fix}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(f"{what} {path} line {line} is not UTF-8 (byte {data[error.start]:#04x}): save the file as "
+                        "UTF-8 and rerun") from None
+
+
+def _read(path: Path, what: str, fix: str, parse: Callable[[str], object] = str):
+    text = read_utf8(path, what, fix)
+    try:
+        return parse(text)
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
         raise UserError(f"{what} {path} is unreadable ({_one_line(error)}); {fix}") from None
 
 
@@ -114,9 +138,13 @@ def coco_captions(annotation_file: str | Path, n: int = 30000, preset: str = "sb
     try:
         captions = {image["id"]: [] for image in data["images"]}  # dicts keep the file order
         names = {image["id"]: image["file_name"] for image in data["images"]}
-        for annotation in data["annotations"]:
+        for number, annotation in enumerate(data["annotations"]):
+            if not isinstance(annotation.get("caption"), str):
+                raise UserError(f"COCO annotation file {annotation_file}: annotation {number} (id "
+                                f"{annotation.get('id')}) has caption {annotation.get('caption')!r}, not a string; "
+                                "repair or remove that annotation")
             captions.get(annotation["image_id"], []).append(annotation["caption"])
-    except (KeyError, TypeError) as error:
+    except (KeyError, TypeError, AttributeError) as error:
         raise UserError(f"COCO annotation file {annotation_file} lacks images/annotations ({error}); {fix}") from None
     pool = [(names[image_id], texts) for image_id, texts in captions.items() if texts]
     _check_n(n, len(pool), f"{annotation_file}")
@@ -142,9 +170,12 @@ def load_caption_file(path: str | Path) -> list[tuple[str, str]]:
     if path.suffix.lower() == ".json":
         labels = _read(path, "caption file", fix, json.loads)
         labels = labels.get("labels") if isinstance(labels, dict) else None
-        if not isinstance(labels, list) or not all(
-                isinstance(x, list) and len(x) == 2 and all(isinstance(s, str) for s in x) for x in labels):
+        if not isinstance(labels, list):
             raise UserError(f"caption file {path} is not {{\"labels\": [[name, caption], ...]}}; {fix}")
+        for index, entry in enumerate(labels):
+            if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(s, str) for s in entry)):
+                raise UserError(f"caption file {path}: labels[{index}] is {entry!r:.80}, not [name, caption] "
+                                "strings; repair or remove that entry")
         entries = [(name, caption) for name, caption in labels]
     else:
         lines = _read(path, "caption file", fix).split("\n")

@@ -1,7 +1,7 @@
 """Model names -> ModelSpec. A plain dict; ``NAME=PATH_OR_ID`` on the command line adds entries.
 
-Table 1 of SwiftBrush v2 (arXiv 2408.14176): SD 2.1-base at cfg 2 / 4.5 / 7.5 with 25 steps, SD Turbo
-and SwiftBrush in one step. The paper's numbers for each row live in ``PAPER_TABLE1``.
+Table 1 of SwiftBrush v2 (arXiv 2408.14176): SD 2.1-base at cfg 2 / 4.5 / 7.5 with 25 steps (sampler pinned by
+name), SD Turbo and SwiftBrush in one step. The paper's numbers for each row live in ``PAPER_TABLE1``.
 """
 
 import dataclasses
@@ -58,17 +58,21 @@ PAPER_TABLE1 = {
 }
 
 
-def _sd21(cfg: float) -> ModelSpec:
-    return ModelSpec(f"sd21-cfg{cfg:g}", SD21, kind="multi-step", steps=25, guidance_scale=cfg,
-                     hint=_SD21_HINT, paper_row=f"SD 2.1 (cfg = {cfg:g})")
+def _sd21(cfg: float, scheduler: str = "PNDMScheduler", suffix: str = "") -> ModelSpec:
+    """SD 2.1-base at 25 steps: PNDM as shipped by default (26 UNet calls; the evidence is in docs/protocol.md),
+    DDIM as the ``-ddim`` variant."""
+    return ModelSpec(f"sd21-cfg{cfg:g}{suffix}", SD21, kind="multi-step", steps=25, guidance_scale=cfg,
+                     scheduler=scheduler, hint=_SD21_HINT, paper_row=f"SD 2.1 (cfg = {cfg:g})")
 
+
+# The sampler that "the teacher" means everywhere (bench rows, distill.make_pairs, bench.throughput).
+TEACHER_SCHEDULER = "PNDMScheduler"
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
-        _sd21(2.0),
-        _sd21(4.5),
-        _sd21(7.5),
+        *(_sd21(cfg) for cfg in (2.0, 4.5, 7.5)),
+        *(_sd21(cfg, "DDIMScheduler", "-ddim") for cfg in (2.0, 4.5, 7.5)),
         ModelSpec("sdturbo", SD_TURBO, paper_row="SD Turbo"),
         ModelSpec("swiftbrush", "thuanz123/swiftbrush", paper_row="SwiftBrush"),
         ModelSpec("sbv2", "", base=SD_TURBO, paper_row="SwiftBrush v2",

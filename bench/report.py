@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bench.card import Card, protocol_card
+from bench.card import markdown as card_markdown
 from bench.registry import PAPER_TABLE1
 from bench.store import atomic_write_bytes, atomic_write_text
 
@@ -82,7 +84,7 @@ def _versions() -> dict:
     return versions
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -90,22 +92,25 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def manifest(config, protocol, specs, stores, extractor_ids, timings, device, world) -> dict:
+def manifest(config, suite, specs, stores, extractor_ids, timings, device, world) -> dict:
+    protocol = suite.protocol
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "args": dataclasses.asdict(config),
         "git_commit": _git_commit(),
         "versions": _versions(),
-        "device": {"name": _device_name(device), "type": device, "processes": world},
+        "device": {"name": device_name(device), "type": device, "processes": world},
         "protocol": {"name": protocol.name, "hash": protocol.hash(), "n": len(protocol.captions),
                      "resize": protocol.resize, "metric_resolution": protocol.metric_resolution,
                      "reference": {"identity": protocol.reference.identity, "count": protocol.reference.count},
                      "clip_prefix": protocol.clip_prefix},
+        "protocol_card": protocol_card(suite, config, specs, stores).to_dict(),
         "extractors": extractor_ids,
         "seed": config.seed,
         "models": {spec.name: {"spec": spec.to_dict(), "store": stores[spec.name].key,
                                "provenance": stores[spec.name].fingerprint.get("provenance"),
+                               "generation": stores[spec.name].fingerprint.get("generation"),
                                "weights": stores[spec.name].weights()} for spec in specs},
         "timings_s": timings,
     }
@@ -176,18 +181,21 @@ def write_all(out: Path, report_path: Path, suite, specs, results, stores, manif
     atomic_write_text(out / "table.csv", frame.to_csv(index=False))
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
     grid = write_grid(report_path.with_suffix("") / "grid.png", specs, stores, protocol.captions)
+    card = Card(**manifest["protocol_card"])
     parts = [
         f"# {suite.title}",
         f"Protocol `{protocol.name}` (hash `{protocol.hash()[:12]}`), {len(protocol.captions)} samples per model, "
-        f"reference {protocol.reference.count} images, {protocol.resize} to {protocol.metric_resolution} px. "
-        f"Precision/recall features: `{results[specs[0].name]['pr_features']}`; k = 3. CLIP score is a raw cosine. "
+        f"reference {protocol.reference.count} images. CLIP score is a raw cosine. "
         f"Extractors: " + ", ".join(f"{r} `{i}`" for r, i in manifest["extractors"].items()) + ".",
         markdown_table(specs, results),
     ]
+    if card.deviations:
+        parts.append(f"⚠ {len(card.deviations)} departure(s) from the paper's protocol: see the protocol card.")
     if suite.notes:
         parts.append(suite.notes)
     if grid:
         parts.append(f"![samples]({grid.relative_to(report_path.parent).as_posix()})")
+    parts.append(card_markdown(card))
     parts.append(f"Manifest: `{out / 'manifest.json'}` (git {manifest['git_commit'][:12]}, device "
                  f"{manifest['device']['name']}, seed {manifest['seed']}).")
     atomic_write_text(report_path, "\n\n".join(parts) + "\n")

@@ -9,7 +9,7 @@ COCO path never imports the demo world.
 import dataclasses
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import changed_from_default, option, refuse_unused
@@ -40,8 +40,10 @@ class RunConfig:
     compile: bool = option(False, "torch.compile the UNet and VAE decoder")
     fid_features: str | None = option(None, "FID extractor: a registered name or module:factory (coco: inception)")
     clip_features: str | None = option(None, "CLIP-score extractor (coco: clip = open_clip ViT-g-14)")
-    pr_features: str = option("clean", "precision/recall features: clean = the FID ones; adm = ADM-evaluator-like "
-                                       "(BGR, TF resize)", choices=["clean", "adm"])
+    pr_features: str | None = option(None, "precision/recall features: adm = ADM-evaluator-like (BGR, TF resize; "
+                                              "the paper's; default with the default FID extractor) or clean = the "
+                                              "FID features (default with --fid-features)",
+                                     choices=["clean", "adm"])
     inception_weights: str | None = option(None, "inception-2015-12-05.pt (TorchScript); or set BENCH_WEIGHTS_DIR")
     clip_weights: str | None = option(None, "open_clip checkpoint file for --clip-model; or set BENCH_WEIGHTS_DIR")
     clip_model: str = option("ViT-g-14", "open_clip model name for the CLIP score")
@@ -83,6 +85,8 @@ class Suite:
     shard_size: int
     notes: str = ""  # printed under the table
     sweeps: tuple[SweepSpec, ...] = ()
+    card: Mapping[str, object] = field(default_factory=dict)  # the protocol card's suite lines (bench.card)
+    paper_protocol: Mapping[str, tuple] = field(default_factory=dict)  # card label -> the paper's accepted values
 
 
 @dataclass(frozen=True)
@@ -142,16 +146,46 @@ def coco_suite(config: RunConfig) -> Suite:
                         "the reference images; for the offline demo use --suite demo")
     protocol = coco_protocol(config.coco, captions_file=config.captions, preset=config.preset, n=config.n or 30000,
                              seed=config.caption_seed)
+    # The paper's precision/recall come from the ADM evaluator's Inception; with a user's own FID extractor, its
+    # features serve both unless --pr-features adm asks for Inception too.
+    pr_features = config.pr_features or ("clean" if config.fid_features else "adm")
     extractors = {
         "fid": (config.fid_features or "inception", {"weights": config.inception_weights}),
         "clip": (config.clip_features or "clip", {"weights": config.clip_weights, "model": config.clip_model,
                                                   "pretrained": config.clip_pretrained,
                                                   "precision": config.clip_precision}),
     }
-    if config.pr_features == "adm":
+    if pr_features == "adm":
         extractors["pr"] = ("inception-adm", {"weights": config.inception_weights})
+    card = {
+        "captions": (f"file {Path(config.captions).name}" if config.captions else f"{config.preset} preset"
+                     + (f", seed {config.caption_seed}" if config.preset == "random" else "")),
+        "samples per model": len(protocol.captions),
+        "reference images": protocol.reference.count,
+        "resize": f"centre crop, PIL LANCZOS to {protocol.metric_resolution} px",
+        "FID features": extractors["fid"][0],
+        "precision/recall features": f"{extractors.get('pr', extractors['fid'])[0]}, k = {PR_K}",
+        "CLIP model": (f"{config.clip_model} / {config.clip_pretrained}, {config.clip_precision}"
+                       if not config.clip_features else config.clip_features),
+        "CLIP prefix": repr(protocol.clip_prefix),
+    }
     return Suite(name="coco", title="COCO-2014 30K, SwiftBrush v2 Table 1", protocol=protocol, registry=dict(MODELS),
                  default_models=("sdturbo", "swiftbrush", "merged"), extractors=extractors,
                  out=Path("results/coco"), batch_size=16, shard_size=1000,
                  notes="Paper numbers: SwiftBrush v2 (arXiv 2408.14176) Table 1 / Table 3. "
-                       "FID is biased by sample count: compare only at N = 30,000.")
+                       "FID is biased by sample count: compare only at N = 30,000.",
+                 card=card, paper_protocol=PAPER_PROTOCOL)
+
+
+# SwiftBrush v2's evaluation (docs/protocol.md), in the card's labels: a value outside these is flagged.
+PAPER_PROTOCOL = {
+    "captions": ("sbv2 preset", "file dataset.json"),
+    "samples per model": (30000,),
+    "reference images": (40504,),
+    "resize": ("centre crop, PIL LANCZOS to 256 px",),
+    "FID features": ("inception",),
+    "precision/recall features": (f"inception-adm, k = {PR_K}",),
+    "CLIP model": ("ViT-g-14 / laion2b_s12b_b42k, fp32",),
+    "CLIP prefix": (repr("A photo depicts "),),
+    "dtype": ("float32",),
+}

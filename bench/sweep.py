@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from bench import report
+from bench.card import Card
+from bench.card import markdown as card_markdown
 from bench.engine import ModelRun, run_models
 from bench.errors import UserError
 from bench.registry import resolve
@@ -118,17 +120,17 @@ def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state,
         provenance = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "w_of_b": w, "convention": CONVENTION}
         models.append(ModelRun(point, merged_loader(spec_a, spec_b, w, device, config.dtype, cache), provenance,
                                weights))
-    done = run_models(config, suite, models, state, device)
+    done = run_models(config, suite, models, state, device, run={"a": spec_a.to_dict(), "b": spec_b.to_dict()})
     if done is None:
         return None
-    frame = pd.DataFrame([{"w": p["w_of_b"], "lambda_eq6": round(1 - p["w_of_b"], 6), **done.results[s.name]}
-                          for s, _, p, _ in models])
+    points = [(done.stores[spec.name].fingerprint["provenance"]["w_of_b"], spec.name) for spec in done.specs]
+    frame = pd.DataFrame([{"w": w, "lambda_eq6": round(1 - w, 6), **done.results[name]} for w, name in sorted(points)])
     out, report_path = Path(config.out), Path(config.report)
     atomic_write_text(out / "sweep.csv", frame.to_csv(index=False))
     figure = report_path.with_suffix("") / "figure3.png"
     plot(frame, spec_a.name, spec_b.name, figure)
-    manifest = report.manifest(config, suite.protocol, [model.spec for model in models], done.stores,
-                               done.extractor_ids, done.timings, device, state.num_processes)
+    manifest = report.manifest(config, suite, done.specs, done.stores, done.extractor_ids, done.timings, device,
+                               state.num_processes)
     manifest["sweep"] = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "convention": CONVENTION}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
     best = frame.loc[frame["fid"].idxmin()]
@@ -141,6 +143,7 @@ def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state,
             f"Best FID at w = {best['w']:g} (λ = {best['lambda_eq6']:g}): FID {best['fid']:.3f}, precision "
             f"{best['precision']:.3f}, recall {best['recall']:.3f}, CLIP {best['clip_score']:.4f}.",
             f"![figure 3]({figure.relative_to(report_path.parent).as_posix()})",
+            card_markdown(Card(**manifest["protocol_card"])),
             f"Manifest: `{out / 'manifest.json'}`."]
     atomic_write_text(report_path, "\n\n".join(text) + "\n")
     print(frame[columns].to_string(index=False))

@@ -4,8 +4,9 @@ DMD's regression loss (Yin et al. 2024, section 3.3; DMD2 drops it, SwiftBrush n
 student's output for a fixed noise towards the teacher's multi-step sample from that same noise. This command
 makes those pairs with the bench's engine: pair i has the bench's per-sample noise ``sample_noise(seed, [i])``,
 prompt ``i mod len(prompts)`` of the (deduplicated) prompt file, and the teacher's final latent after ``--steps``
-DDIM steps at ``--cfg`` (SD 2.1 at 25 steps, cfg 4.5 by default: the paper's teacher setting), in the scaled latent
-space the student predicts in. Nothing is decoded.
+steps of the bench's teacher sampler at ``--cfg`` (SD 2.1 at 25 steps, cfg 4.5 by default: the paper's teacher
+setting, sampled as the bench's ``sd21-cfg4.5`` row), in the scaled latent space the student predicts in. Nothing is
+decoded.
 
 Pairs are written in shards ``pairs-00000.safetensors`` ... (``distill.utils.write_real_pairs``), each under a
 temporary name and renamed; ``pairs.json`` records the settings. A killed run resumes at the first missing shard,
@@ -23,7 +24,7 @@ import torch
 
 from bench.errors import UserError, exit_on_user_error
 from bench.load import hide_library_progress_bars, load_model
-from bench.registry import SD21, SD21_MIRROR, ModelSpec
+from bench.registry import SD21, SD21_MIRROR, TEACHER_SCHEDULER, ModelSpec
 from bench.store import atomic_write_text, changed_settings
 from distill.prompts import load_prompts
 from distill.utils import write_real_pairs
@@ -37,7 +38,8 @@ def shard_name(shard: int) -> str:
 
 def make_pairs(teacher: str, prompts_file: str, n: int, out: str | Path, steps: int = 25, cfg: float = 4.5,
                seed: int = 0, shard_size: int = 1000, batch_size: int = 16, device: str = "cpu",
-               dtype: str | None = None, prompt_column: str | None = None, log=print) -> Path:
+               dtype: str | None = None, prompt_column: str | None = None, scheduler: str = TEACHER_SCHEDULER,
+               log=print) -> Path:
     """Write the missing shards of ``n`` pairs to ``out``; returns ``out``."""
     from bench.generate import Sampler
 
@@ -47,7 +49,7 @@ def make_pairs(teacher: str, prompts_file: str, n: int, out: str | Path, steps: 
     prompts = load_prompts(prompts_file, prompt_column)
     hint = "pass --teacher with a local pipeline folder" + (f" or {SD21_MIRROR}" if teacher == SD21 else "")
     spec = ModelSpec("teacher", teacher, kind="multi-step", steps=steps, guidance_scale=cfg, hint=hint,
-                     scheduler="DDIMScheduler")  # not the folder's own (SD 2.1-base ships PNDM)
+                     scheduler=scheduler)
     settings = {"teacher": teacher, "prompts": [len(prompts), prompts[0], prompts[-1]], "n": n, "steps": steps,
                 "cfg": cfg, "seed": seed, "shard_size": shard_size, "dtype": dtype, "scheduler": spec.scheduler}
     out = Path(out)
@@ -107,7 +109,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--prompt-column", help="column of a jsonl/csv/parquet prompt file")
     parser.add_argument("--n", type=int, required=True, help="number of pairs")
     parser.add_argument("-o", "--out", required=True, help="output folder (resumable)")
-    parser.add_argument("--steps", type=int, default=25, help="teacher DDIM steps (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=25, help="teacher steps (default: %(default)s)")
+    parser.add_argument("--scheduler", default=TEACHER_SCHEDULER,
+                        help="the teacher's sampler, a diffusers scheduler class (default: %(default)s, the bench's "
+                             "sd21 rows)")
     parser.add_argument("--cfg", type=float, default=4.5, help="teacher guidance scale (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed; pair i's noise is sample_noise(seed, [i])")
     parser.add_argument("--shard-size", type=int, default=1000, help="pairs per file (default: %(default)s)")
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> Path:
     with exit_on_user_error("distill.make_pairs"):
         return make_pairs(args.teacher, args.prompts, args.n, args.out, steps=args.steps, cfg=args.cfg,
                           seed=args.seed, shard_size=args.shard_size, batch_size=args.batch_size, device=args.device,
-                          dtype=args.dtype, prompt_column=args.prompt_column,
+                          dtype=args.dtype, prompt_column=args.prompt_column, scheduler=args.scheduler,
                           log=lambda message: print(message, file=sys.stderr))
 
 

@@ -4,11 +4,13 @@ SwiftBrush v2 trains on deduplicated JourneyDB prompts (1.38M after dedup of the
 VinAIResearch/SwiftBrush#1) plus LAION captions; any list of captions works.
 """
 
+import io
 import json
 import math
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.protocol import read_utf8
 
 COLUMNS = ("prompt", "caption", "text")  # tried in this order when no column is named
 FORMATS = (".txt", ".jsonl", ".csv", ".parquet")
@@ -29,7 +31,7 @@ def _pick_column(columns, column: str | None, path: Path) -> str:
 
 def _read_jsonl(path: Path, column: str | None) -> list:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_utf8(path, "prompt file", "pass --prompts FILE").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -45,7 +47,8 @@ def _read_table(path: Path, column: str | None) -> list:
     import pandas as pd
 
     if path.suffix == ".csv":
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        text = read_utf8(path, "prompt file", "pass --prompts FILE")
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     else:
         try:
             frame = pd.read_parquet(path)
@@ -69,7 +72,8 @@ def load_prompts(path: str | Path, column: str | None = None) -> list[str]:
     Returns:
         The prompts, whitespace-stripped, empty ones dropped, duplicates removed (first kept).
     Raises:
-        UserError: a missing or empty file, an unknown format, a missing column.
+        UserError: a missing or empty file, an unknown format, a missing column, bytes that are not UTF-8 (the
+            line is named; a UTF-8 byte-order mark is dropped).
     """
     path = Path(path)
     if not path.is_file():
@@ -77,7 +81,7 @@ def load_prompts(path: str | Path, column: str | None = None) -> list[str]:
     if path.suffix not in FORMATS:
         raise UserError(f"prompt file {str(path)!r}: unknown format {path.suffix!r}; use one of {', '.join(FORMATS)}")
     if path.suffix == ".txt":
-        rows = path.read_text(encoding="utf-8").splitlines()
+        rows = read_utf8(path, "prompt file", "pass --prompts FILE").splitlines()
     elif path.suffix == ".jsonl":
         rows = _read_jsonl(path, column)
     else:

@@ -205,7 +205,7 @@ def train(cfg: TrainConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
     from diffusers import AutoencoderTiny
-    from diffusers.training_utils import EMAModel, cast_training_params
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig, get_peft_model
 
     # 0. Settings, output folders, accelerator and seed.
@@ -318,7 +318,7 @@ def train(cfg: TrainConfig) -> dict:
         student, fake, adamw(student, cfg.lr), adamw(fake, cfg.fake_lr))
     student_params = {n: p for n, p in accelerator.unwrap_model(student).named_parameters() if p.requires_grad}
     fake_params = {n: p for n, p in accelerator.unwrap_model(fake).named_parameters() if p.requires_grad}
-    ema = EMAModel(list(student_params.values()), decay=cfg.ema_decay, foreach=True)
+    ema = utils.StudentEMA(accelerator.unwrap_model(student), student_params, cfg.ema_decay, cfg.scheme == "lora")
 
     # 5. The scores as eps functions (v-prediction teachers converted), the CLIP loss, sampling helpers.
     def eps_fn(unet, prediction_type):
@@ -371,10 +371,8 @@ def train(cfg: TrainConfig) -> dict:
         embeddings = rows(text_embeddings, np.arange(cfg.num_samples) % len(prompts))
         unwrapped = accelerator.unwrap_model(student)  # main process only: no DDP forward
         raw = decode_to_unit(sample_vae, one_step(sample_noise_fixed, embeddings, unwrapped))
-        ema.store(student_params.values())
-        ema.copy_to(student_params.values())
-        smooth = decode_to_unit(sample_vae, one_step(sample_noise_fixed, embeddings, unwrapped))
-        ema.restore(student_params.values())
+        with ema.applied(unwrapped):
+            smooth = decode_to_unit(sample_vae, one_step(sample_noise_fixed, embeddings, unwrapped))
         grid = utils.image_grid(torch.cat([raw, smooth]), rows=2 * (1 + (cfg.num_samples - 1) // 8))
         (out / "samples").mkdir(exist_ok=True)
         from PIL import Image
@@ -393,13 +391,12 @@ def train(cfg: TrainConfig) -> dict:
         torch.save(utils.rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
         if main:
             utils.save_tensors(tmp / "student.safetensors", student_params)
-            utils.save_tensors(tmp / "student_ema.safetensors", dict(zip(student_params, ema.shadow_params)))
+            utils.save_tensors(tmp / "student_ema.safetensors", ema.named_shadow())
             utils.save_tensors(tmp / "fake.safetensors", fake_params)
             torch.save({"student": student_optimizer.state_dict(), "fake": fake_optimizer.state_dict()},
                        tmp / "optimizers.pt")
-            ema_state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
             (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-            (tmp / "state.json").write_text(json.dumps({"step": step, "ema": ema_state, "prompts": len(prompts),
+            (tmp / "state.json").write_text(json.dumps({"step": step, "ema": ema.state(), "prompts": len(prompts),
                                                         "data": data_digest,
                                                         "num_processes": accelerator.num_processes}, indent=1))
         accelerator.wait_for_everyone()
@@ -420,12 +417,11 @@ def train(cfg: TrainConfig) -> dict:
             raise UserError(f"{folder} was made with other settings ({', '.join(changed)}): "
                             "resume with the same ones, or start a new --out")
         utils.load_tensors_into(folder / "student.safetensors", student_params)
-        utils.load_tensors_into(folder / "student_ema.safetensors", dict(zip(student_params, ema.shadow_params)))
+        ema.load(folder / "student_ema.safetensors", state["ema"])
         utils.load_tensors_into(folder / "fake.safetensors", fake_params)
         optimizers = torch.load(folder / "optimizers.pt", map_location="cpu", weights_only=True)
         student_optimizer.load_state_dict(optimizers["student"])
         fake_optimizer.load_state_dict(optimizers["fake"])
-        ema.load_state_dict({**state["ema"], "shadow_params": ema.shadow_params})
         utils.set_rng_state(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=True))
         return state["step"]
 
@@ -496,7 +492,7 @@ def train(cfg: TrainConfig) -> dict:
             logs["grad_norm/student"] = accelerator.clip_grad_norm_(student_params.values(), cfg.max_grad_norm).item()
             student_optimizer.step()
             student_optimizer.zero_grad(set_to_none=True)
-            ema.step(student_params.values())
+            ema.step()
 
         # 7c. Fake-teacher updates on detached student samples: this step's, then fresh ones.
         samples = x0.detach()
@@ -528,7 +524,7 @@ def train(cfg: TrainConfig) -> dict:
     if step == cfg.max_steps and cfg.save_final and main:
         if cfg.sample_every:
             write_samples(step)
-        export(accelerator.unwrap_model(student), ema, student_params, cfg, out,
+        export(accelerator.unwrap_model(student), ema, cfg, out,
                (student_location, student_subfolder), student_base)
     accelerator.end_training()
     measured = times[1:] or times
@@ -542,22 +538,24 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-def export(student, ema, params: dict, cfg: TrainConfig, out: Path, init: tuple[str, str | None], base: str) -> None:
-    """``unet/`` (raw) and ``unet_ema/`` (EMA) UNet folders, plus the adapters for a LoRA student."""
+def export(student, ema: utils.StudentEMA, cfg: TrainConfig, out: Path, init: tuple[str, str | None],
+           base: str) -> None:
+    """``unet/`` (raw) and ``unet_ema/`` (EMA) UNet folders; a LoRA student also keeps its raw adapter
+    (``unet_lora/``), and its ``unet_ema/`` holds the EMA of the fused weights (no adapter represents it)."""
+    if cfg.scheme == "full":
+        student.save_pretrained(out / "unet", safe_serialization=True)
+        with ema.applied(student):
+            student.save_pretrained(out / "unet_ema", safe_serialization=True)
+    else:
+        student.save_pretrained(out / "unet_lora")
+        fuse_lora(load_unet(*init), str(out / "unet_lora")).save_pretrained(out / "unet", safe_serialization=True)
+        dense = load_unet(*init)
+        _, unexpected = dense.load_state_dict(ema.named_shadow(), strict=False)
+        assert not unexpected, unexpected
+        dense.save_pretrained(out / "unet_ema", safe_serialization=True)
     pointer = json.dumps({"base": _portable(base)})
-    for name, use_ema in (("unet", False), ("unet_ema", True)):
-        if use_ema:
-            ema.store(params.values())
-            ema.copy_to(params.values())
-        if cfg.scheme == "full":
-            student.save_pretrained(out / name, safe_serialization=True)
-        else:
-            student.save_pretrained(out / f"{name}_lora")
-            fuse_lora(load_unet(*init), str(out / f"{name}_lora")).save_pretrained(out / name, safe_serialization=True)
-        if use_ema:
-            ema.restore(params.values())
-        (out / name / "bench_base.json").write_text(pointer)
-    (out / "bench_base.json").write_text(pointer)
+    for folder in (out / "unet", out / "unet_ema", out):
+        (folder / "bench_base.json").write_text(pointer)
 
 
 def warm_up(updates_before: int, warmup_steps: int) -> float:

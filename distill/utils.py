@@ -139,17 +139,11 @@ def prune_checkpoints(folder: Path, limit: int) -> None:
 # --------------------------------------------------------------------------------------- model helpers
 
 
-@contextlib.contextmanager
 def loading(what: str, location: str, option: str, hint: str = ""):
-    """A failed ``from_pretrained`` (missing folder, no network, bad files) as one line naming the option."""
-    try:
-        yield
-    except UserError:
-        raise
-    except (OSError, ValueError, KeyError) as error:  # hub and file errors are OSError subclasses
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load the {what} from {location!r} ({reason}): pass {option} with a local "
-                        f"folder{hint}") from error
+    """A failed ``from_pretrained`` (missing folder, no network, corrupt files) as one line naming the option."""
+    from bench.load import guard
+
+    return guard(what, location, f"pass {option} with a local folder{hint}")
 
 
 @contextlib.contextmanager
@@ -164,6 +158,78 @@ def adapters_disabled(unet):
         yield unet
     finally:
         unet.enable_adapters()
+
+
+# ----------------------------------------------------------------------------------------------------- EMA
+
+
+def lora_layers(model: torch.nn.Module) -> dict:
+    """The LoRA-adapted layers of a PEFT model, keyed by the name of the dense weight they adapt."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name.removeprefix("base_model.model.") + ".weight": module for name, module in model.named_modules()
+            if isinstance(module, LoraLayer) and hasattr(module, "base_layer")}
+
+
+def effective_weight(layer, adapter: str = "default") -> torch.Tensor:
+    """What a LoRA layer computes with: W + scale * B @ A (peft's ``get_delta_weight``)."""
+    return layer.base_layer.weight + layer.get_delta_weight(adapter)
+
+
+class StudentEMA:
+    """The EMA of what the student computes with, by diffusers' ``EMAModel`` (decay warm-up (1 + n) / (10 + n)).
+
+    Full scheme: its weights. LoRA scheme: the effective weight W + scale * B @ A of every adapted layer, since the
+    EMA of a product is not the product of the EMAs of its factors; the merge and the bench use dense weights.
+    """
+
+    def __init__(self, student: torch.nn.Module, params: dict, decay: float, lora: bool):
+        from diffusers.training_utils import EMAModel
+
+        self.params, self.layers = params, lora_layers(student) if lora else None
+        self.ema = EMAModel(self._current(), decay=decay, foreach=True)
+
+    def _current(self) -> list:
+        if self.layers is None:
+            return list(self.params.values())
+        with torch.no_grad():  # fresh leaves: EMAModel averages parameters that require grad
+            return [torch.nn.Parameter(effective_weight(layer)) for layer in self.layers.values()]
+
+    def step(self) -> None:
+        self.ema.step(self._current())
+
+    def named_shadow(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.layers or self.params, self.ema.shadow_params))
+
+    def state(self) -> dict:
+        return {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
+
+    def load(self, tensors: Path, state: dict) -> None:
+        load_tensors_into(tensors, self.named_shadow())
+        self.ema.load_state_dict({**state, "shadow_params": self.ema.shadow_params})
+
+    @contextlib.contextmanager
+    def applied(self, student: torch.nn.Module):
+        """Inside the block the student computes with the EMA weights (LoRA: dense EMA weights, adapters off)."""
+        if self.layers is None:
+            self.ema.store(self.params.values())
+            self.ema.copy_to(self.params.values())
+            try:
+                yield
+            finally:
+                self.ema.restore(self.params.values())
+            return
+        saved = [layer.base_layer.weight.detach().clone() for layer in self.layers.values()]
+        with torch.no_grad():
+            for layer, shadow in zip(self.layers.values(), self.ema.shadow_params):
+                layer.base_layer.weight.copy_(shadow)
+        try:
+            with student.disable_adapter():
+                yield
+        finally:
+            with torch.no_grad():
+                for layer, weight in zip(self.layers.values(), saved):
+                    layer.base_layer.weight.copy_(weight)
 
 
 # ------------------------------------------------------------------------------------ real (noise, x0) pairs

@@ -111,10 +111,17 @@ def test_generate_and_diffusers_pipeline(teacher_dir):
     # sample i depends on (seed, i) only, not on the batch it is generated in
     assert np.array_equal(generate(components, list(PROMPTS[:3]), seed=1, steps=1, batch_size=1), one)
 
+    # diffusers' own pipeline loads the folder and, from the same noise, makes the same images as ours.
+    from bench.sampling import sample_noise
+
     pipe = StableDiffusionPipeline.from_pretrained(teacher_dir)
+    pipe.set_progress_bar_config(disable=True)
     assert pipe.vae_scale_factor == 1
-    out = pipe([PROMPTS[0]], height=8, width=8, num_inference_steps=2, output_type="np").images
-    assert out.shape == (1, 8, 8, 3)
+    latents = sample_noise(1, range(3), (1, 8, 8))
+    theirs = pipe(list(PROMPTS[:3]), height=8, width=8, num_inference_steps=2, guidance_scale=2.0, latents=latents,
+                  output_type="np").images
+    assert theirs.shape == (3, 8, 8, 3)
+    assert np.abs(np.round(theirs * 255).astype(int) - multi).max() <= 1
 
 
 def test_contrastive_separates_matched_from_shuffled_without_saturating(tmp_path, tokenizer):

@@ -86,7 +86,7 @@ def test_lora_student_records_tau_and_clip_activity(tiny):
     assert marker["tau"]["q10"] <= tau <= marker["tau"]["q50"]  # the 25th percentile of the init's cosines
     active = marker["summary"]["clip_active"]
     assert 0 <= active["mean"] <= 1 and active["steps"] >= 1
-    assert (folders["demo-vsd-lora-clip"] / "unet_ema_lora" / "adapter_config.json").exists()
+    assert (folders["demo-vsd-lora-clip"] / "unet_lora" / "adapter_config.json").exists()
 
 
 def test_second_call_trains_nothing_and_other_settings_are_refused(tiny, monkeypatch):

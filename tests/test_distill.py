@@ -273,6 +273,79 @@ def test_merge_cli_rejects_mismatched_architectures_in_one_line(tmp_path, capsys
     assert not (tmp_path / "m").exists()
 
 
+def test_merge_accepts_configs_that_differ_only_where_nothing_is_computed(tmp_path, capsys):
+    """SD 2.1-base's UNet config omits upcast_attention (False) where SD Turbo's says null, and sample_size only sets
+    the default generation size: weight-compatible, so they merge, with A's config, and the difference is listed."""
+    from bench.interpolate import config_differences
+    from bench.load import load_unet
+
+    a, b = tiny_unet(0), tiny_unet(1)
+    b.register_to_config(upcast_attention=None, sample_size=24)
+    assert config_differences(dict(a.config), dict(b.config)) == ([], ["sample_size"])
+    assert config_differences(dict(a.config), {**a.config, "norm_eps": 1e-6})[0] == ["norm_eps"]  # changes outputs
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    out = merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "--lam", "0.5", "-o", str(tmp_path / "m"),
+                      "--base", "x"])
+    assert load_unet(str(out)).config.sample_size == a.config.sample_size
+    assert json.loads((out / "merge.json").read_text())["config_differences"] == {"sample_size": [16, 24]}
+
+
+def test_merge_refuses_an_existing_output_and_replaces_it_only_whole(tmp_path, capsys):
+    tiny_unet(0).save_pretrained(tmp_path / "a")
+    tiny_unet(1).save_pretrained(tmp_path / "b")
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier")
+    args = [str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out), "--base", "x"]
+    with pytest.raises(SystemExit) as code:
+        merge_main(args)
+    assert code.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"]
+    merge_main([*args, "--overwrite"])
+    assert not (out / "old.txt").exists() and (out / "merge.json").exists()  # a whole new folder, not a mix
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_merge_of_a_corrupt_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    tiny_unet(0).save_pretrained(tmp_path / "a")
+    tiny_unet(1).save_pretrained(tmp_path / "b")
+    weights = tmp_path / "b" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(SystemExit) as code:
+        merge_main([str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "m"), "--base", "x"])
+    err = capsys.readouterr().err.strip()
+    assert code.value.code == 2 and err.startswith("distill.merge: error:") and "\n" not in err
+    assert "model B" in err and not (tmp_path / "m").exists()
+
+
+def test_lora_student_ema_is_the_ema_of_the_fused_weights():
+    """diffusers' EMA of the factors A and B is not the EMA of B @ A: the student's EMA is taken over W + s B A."""
+    model = _lora(tiny_unet(0))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    ema = utils.StudentEMA(model, params, decay=0.9, lora=True)
+    layers = utils.lora_layers(model)
+    name, layer = next(iter(layers.items()))
+    scale = layer.scaling["default"]
+    fused = [layer.base_layer.weight + scale * layer.lora_B["default"].weight @ layer.lora_A["default"].weight]
+    expected = fused[0].detach().clone()
+    torch.manual_seed(1)
+    for step in range(1, 4):
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(torch.randn_like(p) * 0.1)
+        ema.step()
+        decay = min(0.9, (step - 1 + 1) / (step - 1 + 10)) if step > 1 else 0.0  # EMAModel's warm-up
+        current = layer.base_layer.weight + scale * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        expected = decay * expected + (1 - decay) * current.detach()
+    assert torch.allclose(ema.named_shadow()[name], expected, atol=1e-6)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with ema.applied(model):  # the dense EMA weights, adapters off
+        x = torch.ones(1, layer.in_features)
+        assert torch.allclose(layer(x), x @ expected.T, atol=1e-5)  # to_q / to_v carry no bias
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # restored
+
+
 # ---------------------------------------------------------------------------------------------- prompts
 
 
@@ -313,6 +386,17 @@ def test_prompts_empty_missing_or_unknown_are_user_errors(tmp_path):
     (tmp_path / "p.xml").write_text("<a/>")
     with pytest.raises(UserError, match="unknown format"):
         load_prompts(tmp_path / "p.xml")
+
+
+def test_prompt_files_drop_a_byte_order_mark_and_name_the_line_of_bad_bytes(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffa cat\na dog\n".encode())
+    assert load_prompts(tmp_path / "bom.txt") == ["a cat", "a dog"]
+    (tmp_path / "latin1.txt").write_bytes("a cat\na caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="line 2 is not UTF-8"):
+        load_prompts(tmp_path / "latin1.txt")
+    (tmp_path / "latin1.csv").write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="line 2 is not UTF-8"):
+        load_prompts(tmp_path / "latin1.csv")
 
 
 # ------------------------------------------------------------------------------------- data order, RNG

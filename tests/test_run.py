@@ -90,6 +90,15 @@ def test_end_to_end_two_models(world, tmp_path):
     assert manifest["models"]["one"]["spec"]["source"] == str(world["one"])
     metrics = json.loads((out / "one" / "metrics.json").read_text())["metrics"]
     assert metrics["fid"] == pytest.approx(table.loc[0, "fid"])
+    # The protocol card: what made every number, and each departure from the paper's protocol flagged once.
+    card = manifest["protocol_card"]
+    assert card["lines"]["reference images"] == N_IMAGES and card["lines"]["noise seed"] == 0
+    assert card["models"]["one"]["dtype"] == "float32" and card["models"]["one"]["sampler"] == "one step at t = 999"
+    assert card["models"]["multi"]["device"] == card["models"]["one"]["device"]
+    assert any("reference images: 24 (the paper: 40504)" in d for d in card["deviations"])
+    assert result.stderr.count("warning: reference images: 24 (the paper: 40504)") == 1
+    assert "## Protocol card" in report and "⚠ reference images: 24" in report
+    assert "one generated in float32" not in report  # the paper's inference dtype: not a departure
 
     # --metrics-only recomputes the same numbers from the store without a model.
     (out / "one" / "metrics.json").unlink()

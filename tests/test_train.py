@@ -134,14 +134,17 @@ def test_lora_scheme_with_clip_loss_resumes_exactly_and_exports_fused(world, tmp
     assert lora and all("lora_" in k for k in lora)  # only the adapter trains
     assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
 
-    # Fused UNet folders and the PEFT adapters; the bench loads <out> and the adapter over its base alike.
-    assert (straight / "unet_ema_lora" / "adapter_config.json").exists()
-    fused = load_file(straight / "unet_ema" / "diffusion_pytorch_model.safetensors")
-    assert not any("lora" in k for k in fused)
+    # Fused UNet folders and the raw PEFT adapter; the bench loads <out> and the adapter over its base alike.
+    assert (straight / "unet_lora" / "adapter_config.json").exists()
+    raw = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
+    ema = load_file(straight / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    assert not any("lora" in k for k in ema) and ema.keys() == raw.keys()
+    shadow = load_file(straight / "checkpoints" / "checkpoint-2" / "student_ema.safetensors")
+    assert shadow and all(torch.equal(ema[name], value) for name, value in shadow.items())  # the fused EMA
     image = _one_step_image(straight)
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
-    via_adapter = load_model(ModelSpec("adapter", str(world.pipeline), unet=str(straight / "unet_ema_lora")))
-    assert all(torch.equal(v, fused[k]) for k, v in via_adapter.unet.state_dict().items())
+    via_adapter = load_model(ModelSpec("adapter", str(world.pipeline), unet=str(straight / "unet_lora")))
+    assert all(torch.equal(v, raw[k]) for k, v in via_adapter.unet.state_dict().items())
 
 
 def test_text_cache_off_encodes_per_batch_to_the_same_training(world, tmp_path):
@@ -218,8 +221,9 @@ def test_each_optimizer_warms_up_from_its_own_first_update():
 
 
 def test_make_pairs_matches_the_pipeline_and_resumes(world, tmp_path, capsys):
-    """distill.make_pairs: pair i is (noise i, the teacher pipeline's final latent from it); shards resume."""
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
+    """distill.make_pairs: pair i is (noise i, the teacher pipeline's final latent from it, PNDM as the bench's teacher
+    rows); shards resume."""
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline
 
     from distill import make_pairs
     from distill.utils import load_real_pairs
@@ -241,7 +245,8 @@ def test_make_pairs_matches_the_pipeline_and_resumes(world, tmp_path, capsys):
     with pytest.raises(AssertionError):
         torch.testing.assert_close(x0[3:5], pipe(prompts[3:5], latents=noise[3:5], num_inference_steps=3,
                                                  guidance_scale=2.0, output_type="latent").images)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    # the teacher's sampler, as the bench's sd21 rows run it: PNDM as SD 2.1-base ships it (PLMS steps only)
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
     expected = pipe(prompts[3:5], latents=noise[3:5], num_inference_steps=3, guidance_scale=2.0,
                     output_type="latent").images
     torch.testing.assert_close(x0[3:5], expected, rtol=1e-4, atol=1e-5)

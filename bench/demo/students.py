@@ -15,7 +15,7 @@ Layout of ``<world root>/students``::
 
     prompts.txt        the ten training prompts
     vsd-full/          distill.train output: unet_ema/ (the EMA student, what the bench loads), unet/, ...
-    vsd-lora-clip/     the same, plus unet_ema_lora/ (the PEFT adapter) and the fused unet_ema/
+    vsd-lora-clip/     the same, plus unet_lora/ (the raw PEFT adapter); unet_ema/ is the EMA of the fused weights
     merged/            a UNet folder, merge.json (parents, lambda) and bench_base.json
 
 Each folder gets ``bench_demo.json`` last (its settings key, timings and training summary), so a second call

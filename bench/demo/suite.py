@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from bench.registry import MODELS
-from bench.suites import Suite, SweepSpec
+from bench.suites import PR_K, Suite, SweepSpec
 
 NOTES = """How to read the demo rows:
 - `demo-teacher-cfg*`: the teacher, DDIM 25 steps. As in the paper's SD 2.1 rows, raising the guidance trades
@@ -61,9 +61,14 @@ def demo_suite(config) -> Suite:
     links = "\n".join(f"- Weight interpolation {s.a} ↔ {s.b} (w = weight of B, {s.lams}): "
                       f"[{report.stem}-{s.name}.md]({report.stem}-{s.name}.md)" for s in SWEEPS)
     notes = NOTES.format(students=student_paths(world.root).root) + links + "\n"
+    card = {"captions": "the ten digit prompts, interleaved", "samples per model": n,
+            "reference images": protocol.reference.count, "resize": f"none ({protocol.metric_resolution} px)",
+            "FID features": "demo-classifier", "precision/recall features": f"demo-classifier, k = {PR_K}",
+            "CLIP model": "demo-contrastive", "CLIP prefix": repr(protocol.clip_prefix)}
     return Suite(name="demo", title="Offline demo world (digits)", protocol=protocol, registry=registry,
                  default_models=tuple(name for name in registry if name.startswith("demo-")), extractors=extractors,
-                 out=Path("results") / variant, batch_size=100, shard_size=200, notes=notes, sweeps=SWEEPS)
+                 out=Path("results") / variant, batch_size=100, shard_size=200, notes=notes, sweeps=SWEEPS,
+                 card=card)
 
 
 def _one_thread(train, *args, **kwargs):

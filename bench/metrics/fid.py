@@ -23,11 +23,10 @@ import scipy.linalg
 # rank-deficient covariances stay well below it (docs/metrics.md).
 IMAG_RTOL = 1e-6
 SQRTM_RTOL = 1e-6
-MIN_SAMPLES = 2048  # pytorch-fid / TTUR advice for 2048-d Inception features
 
 
 class SmallSampleWarning(UserWarning):
-    """FID from few samples: biased upward, and rank deficient when N <= dim."""
+    """FID from no more samples than feature dimensions: the covariance is rank deficient."""
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,18 +42,17 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ValueError: if ``features`` is not 2-D or has fewer than 2 rows.
 
     Warns:
-        SmallSampleWarning: when N < 2,048 (FID is biased upward at small N: compare only equal N), and says
-            the covariance is rank deficient when N <= D (its rank is at most N - 1).
+        SmallSampleWarning: when N <= D (the covariance is rank deficient: its rank is at most N - 1). FID is
+            biased upward at any small N, so compare only FIDs of equal N.
     """
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"features must be (N, D) with N >= 2, got shape {features.shape}")
     n, d = features.shape
-    if n < MIN_SAMPLES or n <= d:
-        rank = f"the covariance is rank deficient (rank <= N - 1 < {d}) and " if n <= d else ""
+    if n <= d:
         warnings.warn(
-            f"FID statistics from {n} samples of dimension {d}: {rank}FID is biased upward below "
-            f"{MIN_SAMPLES} samples; compare only FIDs computed from the same N",
+            f"FID statistics from {n} samples of dimension {d}: the covariance is rank deficient (rank <= N - 1 < "
+            f"{d}), so FID is strongly biased; use more samples than feature dimensions",
             SmallSampleWarning,
             stacklevel=2,
         )

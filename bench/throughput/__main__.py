@@ -31,6 +31,8 @@ from bench.throughput.models import RandomInception, build_clip, build_generator
 from bench.throughput.report import BUSY_TARGET, PEAK_TFLOPS, fmt, save, table
 from bench.throughput.stages import check_equivalence, run_naive, run_ours
 
+GPU_RECORD = "reports/throughput.json"  # committed: measured on a GPU, written only by full-size runs
+TINY_RECORD = "results/throughput-tiny.json"
 PACKAGES = ("diffusers", "transformers", "open_clip_torch", "clean-fid", "torchvision", "numpy", "pillow")
 
 
@@ -67,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--check-equivalence", type=int, default=0, metavar="N", help="plain vs fast path on N images")
     p.add_argument("--budget-s", type=float, default=420, help="no stage starts, and timed loops stop, after this")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="reports/throughput.json")
+    p.add_argument("--out", help=f"JSON record (default {GPU_RECORD} on a GPU; --tiny: {TINY_RECORD})")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     args.batch_size = args.batch_size or (64 if gpu else 8)
@@ -77,6 +79,9 @@ def parse_args(argv=None):
     args.n_multistep = up((8 if args.tiny else 128) if args.n_multistep is None else args.n_multistep)
     args.check_equivalence = up(args.check_equivalence) if args.check_equivalence else 0
     args.shard_size = up(args.shard_size)
+    args.out = args.out or (TINY_RECORD if args.tiny else GPU_RECORD)
+    if args.tiny and Path(args.out).resolve() == Path(GPU_RECORD).resolve():
+        p.error(f"--tiny never writes over the GPU record {GPU_RECORD}: pass another --out")
     return args
 
 
