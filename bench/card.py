@@ -23,10 +23,14 @@ def sampler_summary(generation: dict | None) -> dict:
     """The card's row of one model, from the ``generation`` part of its store's fingerprint."""
     generation = generation or {}
     sampler = generation.get("sampler") or {}
-    one_step = sampler.get("kind") == "one-step"
-    return {"sampler": f"one step at t = {sampler.get('timestep')}" if one_step else sampler.get("scheduler"),
-            "steps": 1 if one_step else sampler.get("steps"), "guidance": None if one_step else
-            sampler.get("guidance_scale"), "prediction": sampler.get("prediction_type"),
+    kind = sampler.get("kind")
+    name = {"one-step": f"one step at t = {sampler.get('timestep')}",
+            "rectified-flow": f"one Euler step of the velocity from t = {sampler.get('timestep')}"}.get(
+        kind, sampler.get("scheduler"))
+    multi = kind == "multi-step"
+    return {"sampler": name, "steps": sampler.get("steps") if multi else 1,
+            "guidance": sampler.get("guidance_scale") if multi else None,
+            "prediction": sampler.get("prediction_type", "velocity" if kind == "rectified-flow" else None),
             "dtype": generation.get("dtype"), "device": generation.get("device")}
 
 

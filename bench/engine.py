@@ -26,7 +26,14 @@ from bench import report, tf32
 from bench.card import protocol_warnings
 from bench.errors import UserError
 from bench.registry import ModelSpec, resolve
-from bench.store import SampleStore, atomic_write_bytes, atomic_write_text, read_store, remove_stale_temporaries
+from bench.store import (
+    SampleStore,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    read_store,
+    remove_stale_temporaries,
+)
 from bench.suites import RunConfig, Suite
 
 # Ranks meet once after generation: one rank may still have a shard per model left (3 SD 2.1 cfg rows on an
@@ -54,6 +61,7 @@ class Done(NamedTuple):
     stores: dict  # model name -> SampleStore
     timings: dict
     extractor_ids: dict  # metric role -> extractor id
+    within_noise: dict  # model -> metric -> the models whose interval overlaps its own
 
 
 def pick_device(name: str) -> str:
@@ -131,90 +139,64 @@ def generation_settings(model: ModelRun, config: RunConfig, device: str) -> dict
     return settings
 
 
-def generate(model: ModelRun, protocol, store: SampleStore, extractors: dict, config: RunConfig, device: str,
+class Job(NamedTuple):
+    """One sample store of a model: the table's samples, those of an extra noise seed, or the diversity samples."""
+
+    kind: str  # "main", "seed" or "diversity"
+    store: SampleStore
+    captions: tuple  # caption of each sample index of the store
+    seed: int
+
+
+def generate(model: ModelRun, jobs: list[Job], protocol, extractors: dict, config: RunConfig, device: str,
              rank: int, world: int) -> dict:
-    """Make this process's missing shards (and the grid on the main process); returns timings."""
+    """Make this process's missing shards of every job (and the grid on the main process); returns timings."""
     from tqdm import tqdm
 
     from bench.generate import FeaturePipeline, Sampler
 
-    grid_path, png_folder = store.root / "grid.npz", store.root / "images"
-    missing_features = store.pending(rank, world)
-    pending = missing_features
+    main = jobs[0].store
+    grid_path, png_folder = main.root / "grid.npz", main.root / "images"
+    missing = {job.kind + str(job.seed): job.store.pending(rank, world) for job in jobs}
+    pending = dict(missing)
     if config.save_images:  # a shard made without --save-images, or killed before its PNGs, is made again
-        pending = [s for s in range(rank, store.num_shards, world) if s in missing_features or any(
-            not (png_folder / f"{i:08d}.png").exists() for i in store.shard_indices(s))]
-    need_grid = rank == 0 and config.grid and not grid_is_current(grid_path, grid_indices(store.n, config.grid))
-    if not pending and not need_grid:
+        pending["main" + str(jobs[0].seed)] = [s for s in range(rank, main.num_shards, world) if s in missing[
+            "main" + str(jobs[0].seed)] or any(not (png_folder / f"{i:08d}.png").exists()
+                                               for i in main.shard_indices(s))]
+    need_grid = rank == 0 and config.grid and not grid_is_current(grid_path, grid_indices(main.n, config.grid))
+    if not any(pending.values()) and not need_grid:
         return {}
     timings, begin = {}, time.perf_counter()
     sampler = Sampler(load(model, config, device), seed=config.seed, compile=config.compile)
     timings["load_s"] = time.perf_counter() - begin
-    saver = report.PngWriter(png_folder) if config.save_images else None
-    pipeline = FeaturePipeline(sampler, protocol.to_metric_images, extractors, saver)
     begin = time.perf_counter()
-    total = sum(len(store.shard_indices(s)) for s in pending)
+    total = sum(len(job.store.shard_indices(s)) for job in jobs for s in pending[job.kind + str(job.seed)])
     with tqdm(total=total, unit="img", desc=model.spec.name, disable=total == 0, file=sys.stderr) as bar:
-        work = [(shard, [protocol.captions[j] for j in indices], indices)
-                for shard in pending for indices in [store.shard_indices(shard)]]
-        for shard, arrays in pipeline.run_shards(work, config.batch_size, bar.update):
-            if saver:  # a shard on disk promises its PNGs: a run killed now resumes with both
-                saver.wait(store.shard_indices(shard))
-            if shard in missing_features:  # a complete shard is kept as it is, even when its PNGs were remade
-                store.write_features(shard, arrays)
-    pipeline.close()
+        for job in jobs:
+            key = job.kind + str(job.seed)
+            if not pending[key]:
+                continue
+            sampler.seed = job.seed
+            saver = report.PngWriter(png_folder) if config.save_images and job.kind == "main" else None
+            pipeline = FeaturePipeline(sampler, protocol.to_metric_images, extractors, saver)
+            work = [(shard, [job.captions[j] for j in indices], indices)
+                    for shard in pending[key] for indices in [job.store.shard_indices(shard)]]
+            for shard, arrays in pipeline.run_shards(work, config.batch_size, bar.update):
+                if saver:  # a shard on disk promises its PNGs: a run killed now resumes with both
+                    saver.wait(job.store.shard_indices(shard))
+                if shard in missing[key]:  # a complete shard is kept as it is, even when its PNGs were remade
+                    job.store.write_features(shard, arrays)
+            pipeline.close()
+            if saver:
+                saver.close()
     timings["generate_and_features_s"] = time.perf_counter() - begin
     timings["samples"] = total
-    if saver:
-        saver.close()
     if need_grid:
-        indices = grid_indices(store.n, config.grid)
+        sampler.seed = jobs[0].seed
+        indices = grid_indices(main.n, config.grid)
         images, _ = sampler([protocol.captions[j] for j in indices], indices)
         atomic_write_bytes(grid_path, lambda f: np.savez(f, images=images, indices=np.array(indices)))
     return timings
-
-
-def reference_and_text(suite: Suite, extractors: dict, cache_dir: str) -> tuple[dict, np.ndarray]:
-    """The reference features of every role but CLIP, and the CLIP text features of every caption, cached."""
-    from bench import features
-
-    remove_stale_temporaries(Path(cache_dir))
-    protocol = suite.protocol
-    reference = {role: features.reference_features(protocol.reference, e, cache_dir) for role, e in extractors.items()
-                 if role != "clip"}
-    texts = [protocol.clip_prefix + c for c in protocol.captions]
-    return reference, features.text_features_cached(texts, extractors["clip"], cache_dir)
-
-
-def evaluate(store: SampleStore, reference: dict, text_features: np.ndarray, config: RunConfig,
-             device: str = "cpu") -> tuple[dict, np.ndarray]:
-    """Metrics from the store alone (FID, KID, precision/recall and CLIP score on the finite samples) and the
-    per-sample CLIP scores; nothing is written, so a failing model leaves every file as it was."""
-    from bench.metrics.clipscore import clip_scores
-    from bench.metrics.fid import fid_from_features
-    from bench.metrics.kid import kid_from_features
-    from bench.metrics.prdc import precision_recall
-    from bench.suites import PR_K
-
-    data = store.gather()
-    finite = data["finite"].astype(bool)
-    nonfinite = int((~finite).sum())
-    if nonfinite > config.max_nonfinite * len(finite) or (nonfinite and finite.sum() <= PR_K):
-        raise UserError(f"{store.root}: {nonfinite} of {len(finite)} samples decoded to NaN/inf (limit "
-                        f"--max-nonfinite {config.max_nonfinite}): the model's weights or dtype are at fault; try "
-                        "--dtype float32, or check the weights")
-    if finite.sum() <= PR_K:
-        raise UserError(f"{store.root}: {int(finite.sum())} samples, but precision/recall with k = {PR_K} needs "
-                        f"more than {PR_K}: raise --n")
-    gen = {role: data[key][finite] for key in data if key.startswith("features_") for role in [key[9:]]}
-    pr_role = "pr" if "pr" in gen else "fid"
-    precision, recall = precision_recall(reference[pr_role], gen[pr_role], k=PR_K, device=device)
-    kid_mean, kid_std = kid_from_features(reference["fid"], gen["fid"], seed=0)
-    scores = clip_scores(gen["clip"], text_features[data["indices"][finite]])
-    fid = fid_from_features(reference["fid"], gen["fid"])
-    return {"n_samples": int(finite.sum()), "fid": fid, "precision": float(precision), "recall": float(recall),
-            "clip_score": float(scores.mean()), "kid": float(kid_mean), "kid_std": float(kid_std),
-            "nonfinite_samples": nonfinite, "pr_features": "adm" if pr_role == "pr" else "fid"}, scores
 
 
 def check_out(out: Path) -> None:
@@ -243,12 +225,60 @@ def earlier_models(out: Path, names: list[str], run_level: dict) -> list[tuple[M
     return sorted(found, key=lambda item: order.get(item[0].name, len(order)))
 
 
+def model_jobs(model: ModelRun, protocol, config: RunConfig, run_level: dict, generation: dict) -> list[Job]:
+    """The stores a model's samples go to: the table's, one per extra ``--seeds`` seed (``<model>/seeds/<seed>``)
+    and, with ``--diversity K``, K seeds of a fixed prompt subset (``<model>/diversity``)."""
+    from bench.evaluate import DIVERSITY_SEED, diversity_prompts
+
+    root, n, shard_size = Path(config.out) / model.spec.name, len(protocol.captions), config.shard_size
+    base = {"model": model.spec.to_dict(), "provenance": model.provenance, **run_level, "generation": generation}
+    jobs = [Job("main", SampleStore(root, n, shard_size, base), protocol.captions, config.seed)]
+    for seed in extra_seeds(config):
+        jobs.append(Job("seed", SampleStore(root / "seeds" / str(seed), n, shard_size, {**base, "seed": seed}),
+                        protocol.captions, seed))
+    if config.diversity:
+        prompts = diversity_prompts(n, config.diversity, config.diversity_prompts)
+        captions = tuple(protocol.captions[p] for p in prompts for _ in range(config.diversity))
+        fingerprint = {**base, "samples": protocol.samples_hash(), "seed": config.seed + DIVERSITY_SEED,
+                       "provenance": {**model.provenance, "diversity": {"prompts": prompts, "k": config.diversity}}}
+        jobs.append(Job("diversity", SampleStore(root / "diversity", len(captions), shard_size, fingerprint),
+                        captions, config.seed + DIVERSITY_SEED))
+    return jobs
+
+
+def extra_seeds(config: RunConfig) -> list[int]:
+    seeds = [int(s) for s in config.seeds.split(",") if s.strip()] if config.seeds else []
+    return [seed for seed in dict.fromkeys(seeds) if seed != config.seed]
+
+
+def score(spec, jobs: list[Job], suite: Suite, reference: dict, texts: dict, config: RunConfig,
+          device: str) -> tuple[dict, dict, dict]:
+    """A model's row: its table metrics with intervals, the spread across seeds, the diversity columns."""
+    from bench.evaluate import diversity_of, evaluate, seed_spread
+
+    metrics, per_sample, details = evaluate(jobs[0].store, suite, reference, texts, config.max_nonfinite, device)
+    seeds = [evaluate(job.store, suite, reference, texts, config.max_nonfinite, device)[0] for job in jobs
+             if job.kind == "seed"]
+    if seeds:
+        metrics |= seed_spread([metrics, *seeds], suite.scorer.columns)
+    for job in jobs:
+        if job.kind == "diversity":
+            diversity = job.store.fingerprint["provenance"]["diversity"]
+            columns, per_prompt = diversity_of(job.store, diversity["prompts"], diversity["k"], config.max_nonfinite)
+            metrics |= columns
+            per_sample |= per_prompt
+            details["diversity"] = diversity
+    return metrics, per_sample, details
+
+
 def run_models(config: RunConfig, suite: Suite, models: list[ModelRun], state, device: str,
                run: dict | None = None) -> Done | None:
     """Check, generate (resumably, sharded over processes) and evaluate ``models``; ``Done`` on the main process.
 
     ``run`` (a sweep's two ends, say) joins the run-level settings that every model of the folder must share.
     """
+    from bench.evaluate import reference_and_text, within_noise
+
     names = [model.spec.name for model in models]
     if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise UserError(f"model name(s) {', '.join(repeated)} given more than once: each model needs its own name "
@@ -263,62 +293,70 @@ def run_models(config: RunConfig, suite: Suite, models: list[ModelRun], state, d
     earlier = earlier_models(out, names, run_level) if main else []
 
     # 1. Every model loads (then is released), or the run stops before anything is written.
-    generation = {}
+    jobs = {}
     for model in models:
-        recorded = read_store(out / model.spec.name)
         if config.metrics_only:  # no weights needed: the samples were made as their store says
+            recorded = read_store(out / model.spec.name)
             if recorded is None:
                 raise UserError(f"{out / model.spec.name} holds no samples of {model.spec.name}: run without "
                                 "--metrics-only first")
-            generation[model.spec.name] = recorded["fingerprint"].get("generation")
+            generation = recorded["fingerprint"].get("generation")
         else:
-            generation[model.spec.name] = generation_settings(model, config, device)
+            generation = generation_settings(model, config, device)
+        jobs[model.spec.name] = model_jobs(model, protocol, config, run_level, generation)
     # 2. The reference set is read and its features computed (or found in the cache) before the first sample.
     if main:
         for warning in protocol_warnings(suite, config):
             print(f"warning: {warning}", file=sys.stderr)
-        reference, text_features = reference_and_text(suite, extractors, config.cache_dir)
+        reference, texts = reference_and_text(suite, extractors, config.cache_dir)
     # 3. Only now are the stores claimed.
-    stores = {model.spec.name: SampleStore(out / model.spec.name, len(protocol.captions), config.shard_size, {
-        "model": model.spec.to_dict(), "provenance": model.provenance, **run_level,
-        "generation": generation[model.spec.name]}) for model in models}
     if main:
         remove_stale_temporaries(out)
         for model in models:  # --metrics-only needs no weights, so it checks none
-            stores[model.spec.name].claim(None if config.metrics_only else model.weights())
+            for job in jobs[model.spec.name]:
+                job.store.claim(None if config.metrics_only else model.weights())
     state.wait_for_everyone()
     timings = {}
     if not config.metrics_only:
         for model in models:
-            timings[model.spec.name] = generate(model, protocol, stores[model.spec.name], extractors, config, device,
+            timings[model.spec.name] = generate(model, jobs[model.spec.name], protocol, extractors, config, device,
                                                 rank, world)
     state.wait_for_everyone()
     if not main:
         return None
 
-    # 4. Metrics of every model of the run folder, from the stores alone.
+    # 4. Metrics of every model of the run folder, from the stores alone; earlier models keep their extra columns.
     for spec, info in earlier:
-        stores[spec.name] = SampleStore(out / spec.name, len(protocol.captions), config.shard_size,
-                                        info["fingerprint"])
+        store = SampleStore(out / spec.name, len(protocol.captions), config.shard_size, info["fingerprint"])
+        jobs[spec.name] = [Job("main", store, protocol.captions, config.seed)]
     specs = [spec for spec, _ in earlier] + [model.spec for model in models]
+    earlier_names = {spec.name for spec, _ in earlier}
+    stores = {spec.name: jobs[spec.name][0].store for spec in specs}
     provenance = {spec.name: stores[spec.name].fingerprint.get("provenance") for spec in specs}
-    results, scores, small_samples = {}, {}, []
+    results, per_sample, details, small_samples = {}, {}, {}, []
     for spec in specs:  # every model first, then the files: a failing model leaves the others' files untouched
         begin = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results[spec.name], scores[spec.name] = evaluate(stores[spec.name], reference, text_features, config,
-                                                             device)
+            results[spec.name], per_sample[spec.name], details[spec.name] = score(
+                spec, jobs[spec.name], suite, reference, texts, config, device)
         small_samples += [str(w.message) for w in caught if w.category.__name__ == "SmallSampleWarning"]
+        if spec.name in earlier_names:
+            kept = (read_json(out / spec.name / "metrics.json") or {}).get("metrics", {})
+            results[spec.name] = {**{k: v for k, v in kept.items() if "_seeds_" in k or "diversity" in k},
+                                  **results[spec.name]}
         results[spec.name]["metrics_s"] = time.perf_counter() - begin
+    noise = within_noise(specs, results, suite.scorer.columns)
     for spec in specs:
-        atomic_write_bytes(out / spec.name / "clip_scores.npy", lambda f, s=scores[spec.name]: np.save(f, s))
+        for name, values in per_sample[spec.name].items():  # e.g. clip_scores.npy
+            atomic_write_bytes(out / spec.name / f"{name}.npy", lambda f, v=values: np.save(f, v))
         atomic_write_text(out / spec.name / "metrics.json", json.dumps(
             {"model": spec.to_dict(), "provenance": provenance[spec.name], "protocol": protocol.name,
-             "metrics": results[spec.name]}, indent=1))
+             "metrics": results[spec.name], "within_noise_of": noise.get(spec.name, {}),
+             "details": details[spec.name]}, indent=1, default=float))
     if small_samples:  # once per run, not once per model
         print(f"warning: {small_samples[0]}", file=sys.stderr)
-    return Done(specs, results, stores, timings, extractor_ids)
+    return Done(specs, results, stores, timings, extractor_ids, noise)
 
 
 def run_table(config: RunConfig, suite: Suite, state, device: str) -> Done | None:
@@ -337,5 +375,5 @@ def run_table(config: RunConfig, suite: Suite, state, device: str) -> Done | Non
                                    state.num_processes)
         report.write_all(Path(config.out), Path(config.report), suite, done.specs, done.results, done.stores,
                          manifest)
-        print(report.table(done.specs, done.results).to_string(index=False))
+        print(report.table(done.specs, done.results, suite.scorer.columns).to_string(index=False))
     return done

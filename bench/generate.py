@@ -5,6 +5,7 @@ Sample i is a pure function of (model, prompt i, seed, i): its noise comes from 
 number of GPUs change nothing, and batch size only moves floating-point rounding.
 """
 
+import dataclasses
 import inspect
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from bench.sampling import (
     draws_step_noise,
     onestep_timestep,
     onestep_x0,
+    rectified_flow_x0,
     sample_noise,
     step_generators,
     to_device,
@@ -40,13 +42,15 @@ class Sampler:
         spec, config = model.spec, model.scheduler_config
         self.prediction_type = config.get("prediction_type", "epsilon")
         self.timestep = spec.timestep if spec.timestep is not None else onestep_timestep(config)
-        self.abar = float(alphas_cumprod(config)[self.timestep])
-        self.scheduler = None
+        self.scheduler, self.init_sigma, self.abar = None, 1.0, None
         if spec.kind == "one-step":
+            self.abar = spec.abar if spec.abar is not None else float(alphas_cumprod(config)[self.timestep])
             try:
                 check_onestep(self.prediction_type, self.abar)
             except ValueError as error:
                 raise UserError(f"model {spec.name!r} cannot be sampled in one step: {error}") from None
+        elif spec.kind == "rectified-flow":  # the pipeline scales the starting noise as its scheduler says
+            self.init_sigma = float(_scheduler(dataclasses.replace(spec, scheduler=None), config).init_noise_sigma)
         else:
             self.scheduler = _scheduler(spec, config)
         self.unet, self.decode = model.unet, model.vae.decode
@@ -62,6 +66,8 @@ class Sampler:
         if spec.kind == "one-step":
             return {"kind": "one-step", "timestep": self.timestep, "abar": round(self.abar, 12),
                     "prediction_type": self.prediction_type}
+        if spec.kind == "rectified-flow":
+            return {"kind": "rectified-flow", "timestep": self.timestep, "init_sigma": self.init_sigma}
         return {"kind": "multi-step", "scheduler": type(self.scheduler).__name__, "steps": spec.steps,
                 "guidance_scale": spec.guidance_scale, "prediction_type": self.prediction_type,
                 "timestep_spacing": self.scheduler.config.get("timestep_spacing")}
@@ -86,6 +92,8 @@ class Sampler:
         # 3. One UNet call at t = 999 and the x0 conversion, or the multi-step cfg loop.
         if spec.kind == "one-step":
             return onestep_x0(self.unet, noise, cond, self.abar, self.timestep, self.prediction_type)
+        if spec.kind == "rectified-flow":
+            return rectified_flow_x0(self.unet, noise, cond, self.timestep, self.init_sigma)
         generators = step_generators(self.seed, indices) if draws_step_noise(self.scheduler) else None
         return denoise(self.unet, self.scheduler, noise, cond, self._uncond_embedding(len(prompts)),
                        spec.steps, spec.guidance_scale, generators)

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from bench.errors import UserError
-from bench.hashing import folder_sha256
-from bench.registry import SD_TURBO, ModelSpec, folder_base
+from bench.hashing import file_sha256, folder_sha256
+from bench.registry import SD_TURBO, ModelSpec, folder_base, is_weights_file
 from bench.sampling import to_device
 from bench.store import read_json
 
@@ -160,7 +160,36 @@ def load_spec_unet(spec: ModelSpec, dtype: torch.dtype = torch.float32, unet_loc
         if spec.unet and (Path(spec.unet) / "adapter_config.json").exists():
             # Fused in float32, then cast: the LoRA delta is small beside the base weights.
             return fuse_lora(load_unet(unet_location, unet_subfolder), spec.unet).to(dtype)
+        if spec.unet and is_weights_file(spec.unet):
+            return load_unet_file(spec.unet, unet_location, unet_subfolder).to(dtype)
         return load_unet(spec.unet or unet_location, None if spec.unet else unet_subfolder, dtype=dtype)
+
+
+def load_unet_file(file: str, config_location: str, config_subfolder: str | None):
+    """A UNet from a bare state-dict file (a local path, or ``org/name/path/in/repo`` on the Hub) and the config of
+    the base's UNet: safetensors, or ``torch.load(weights_only=True)`` for ``.bin`` (nothing is unpickled). A
+    ``module.`` prefix (a DDP wrapper's save) is dropped."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(file)
+    if not path.is_file():
+        if path.exists() or file.startswith((".", "/", "~")) or file.count("/") < 2:
+            raise UserError(f"UNet weights file {file!r} not found: pass a local file or org/name/path/in/repo")
+        from huggingface_hub import hf_hub_download
+
+        org, name, filename = file.split("/", 2)
+        path = Path(hf_hub_download(f"{org}/{name}", filename))
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    config = UNet2DConditionModel.load_config(config_location, subfolder=config_subfolder)
+    unet = UNet2DConditionModel.from_config(config)
+    unet.load_state_dict(state, strict=True)
+    return unet
 
 
 def _weights_locations(spec: ModelSpec) -> tuple[str, str | None, str]:
@@ -175,7 +204,12 @@ def weights_identity(spec: ModelSpec, cache_dir: str | Path | None = None) -> di
     sha256 of a local folder's weights, or the hub id itself. The same path holding retrained weights differs."""
     unet_location, subfolder, base = _weights_locations(spec)
     unet = spec.unet or str(Path(unet_location) / (subfolder or ""))
-    return {part: folder_sha256(where, cache_dir) or str(where) for part, where in (("unet", unet), ("base", base))}
+    return {part: weights_digest(where, cache_dir) or str(where) for part, where in (("unet", unet), ("base", base))}
+
+
+def weights_digest(location: str, cache_dir: str | Path | None = None) -> str | None:
+    """sha256 of a local weights file or folder; None for a hub id."""
+    return file_sha256(location, cache_dir) if Path(location).is_file() else folder_sha256(location, cache_dir)
 
 
 def effective_dtype(spec: ModelSpec, device: str | torch.device, dtype: str | None = None) -> torch.dtype:
@@ -203,7 +237,7 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu", dtype: str |
 
     for module in (unet, text_encoder, vae):
         module.requires_grad_(False).eval().to(device)
-    hashes = {name: folder_sha256(where) for name, where in
+    hashes = {name: weights_digest(str(where)) for name, where in
               [("unet", spec.unet or (Path(unet_location) / (unet_subfolder or ""))), ("base", base)]}
     return LoadedModel(spec, unet, text_encoder, tokenizer, vae, scheduler_config, device, torch_dtype, sources,
                        {k: v for k, v in hashes.items() if v})

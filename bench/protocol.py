@@ -45,14 +45,15 @@ class Protocol:
     metric_resolution: int  # 256 for COCO, 8 for the demo
     resize: str  # names the preprocessing in hashes and outputs, e.g. "center-crop+lanczos"
     clip_prefix: str  # "A photo depicts " for COCO
-    reference: ReferenceSet
+    reference: ReferenceSet | None  # None when the suite's metrics need no reference images (HPS)
     to_metric_images: Callable[[np.ndarray], np.ndarray]  # uint8 NHWC of any size -> metric resolution
 
     def hash(self) -> str:
         """Everything the protocol fixes, reference included: the identity of its metrics."""
+        reference = [self.reference.identity, self.reference.count] if self.reference else [None, 0]
         payload = json.dumps(
             [self.name, list(self.captions), list(self.caption_ids), self.metric_resolution, self.resize,
-             self.clip_prefix, self.reference.identity, self.reference.count]
+             self.clip_prefix, *reference]
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 

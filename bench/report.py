@@ -17,10 +17,9 @@ from PIL import Image
 
 from bench.card import Card, protocol_card
 from bench.card import markdown as card_markdown
-from bench.registry import PAPER_TABLE1
-from bench.store import atomic_write_bytes, atomic_write_text
+from bench.scores import COCO
+from bench.store import atomic_write_bytes, atomic_write_text, read_json
 
-METRICS = ["fid", "precision", "recall", "clip_score"]
 PACKAGES = ["torch", "torchvision", "diffusers", "transformers", "accelerate", "peft", "clean-fid", "torch-fidelity",
             "open_clip_torch", "numpy", "scipy", "pillow", "pandas"]
 
@@ -103,7 +102,8 @@ def manifest(config, suite, specs, stores, extractor_ids, timings, device, world
         "device": {"name": device_name(device), "type": device, "processes": world},
         "protocol": {"name": protocol.name, "hash": protocol.hash(), "n": len(protocol.captions),
                      "resize": protocol.resize, "metric_resolution": protocol.metric_resolution,
-                     "reference": {"identity": protocol.reference.identity, "count": protocol.reference.count},
+                     "reference": {"identity": protocol.reference.identity, "count": protocol.reference.count}
+                     if protocol.reference else None,
                      "clip_prefix": protocol.clip_prefix},
         "protocol_card": protocol_card(suite, config, specs, stores).to_dict(),
         "extractors": extractor_ids,
@@ -111,14 +111,19 @@ def manifest(config, suite, specs, stores, extractor_ids, timings, device, world
         "models": {spec.name: {"spec": spec.to_dict(), "store": stores[spec.name].key,
                                "provenance": stores[spec.name].fingerprint.get("provenance"),
                                "generation": stores[spec.name].fingerprint.get("generation"),
-                               "weights": stores[spec.name].weights()} for spec in specs},
+                               "weights": stores[spec.name].weights(),
+                               # interval settings (resamples, their seed, methods), FID∞ fit, diversity subset
+                               "details": (read_json(stores[spec.name].root / "metrics.json") or {}).get("details")}
+                   for spec in specs},
         "timings_s": timings,
     }
 
 
-def table(specs, results: dict) -> pd.DataFrame:
-    rows = [{"model": spec.name, **{k: results[spec.name][k] for k in ["n_samples", *METRICS]},
-             **{k: v for k, v in results[spec.name].items() if k not in ["n_samples", *METRICS]}} for spec in specs]
+def table(specs, results: dict, columns=("fid", "precision", "recall", "clip_score")) -> pd.DataFrame:
+    """One row per model: its name, N and the suite's columns first, then every other result."""
+    first = ["n_samples", *columns]
+    rows = [{"model": spec.name, **{k: results[spec.name].get(k) for k in first},
+             **{k: v for k, v in results[spec.name].items() if k not in first}} for spec in specs]
     return pd.DataFrame(rows)
 
 
@@ -126,22 +131,72 @@ def _fmt(value, digits=2) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
-def markdown_table(specs, results: dict) -> str:
-    """Our numbers beside the paper's Table 1 row for the same model, and the difference."""
-    beside_paper = any(spec.paper_row in PAPER_TABLE1 for spec in specs)
-    header = (f"{m} (ours / paper / Δ)" if beside_paper else m for m in METRICS)
-    lines = ["| model | N | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(METRICS)]
+def markdown_table(specs, results: dict, scorer=COCO) -> str:
+    """Our numbers (with their interval when measured) beside the paper's row for the same model, and the
+    difference."""
+    beside_paper = any(spec.paper_row in scorer.paper for spec in specs)
+    header = (f"{m} (ours / paper / Δ)" if beside_paper else m for m in scorer.columns)
+    lines = ["| model | N | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(scorer.columns)]
     for spec in specs:
-        ours, paper = results[spec.name], PAPER_TABLE1.get(spec.paper_row or "", {})
+        ours, paper = results[spec.name], scorer.paper.get(spec.paper_row or "", {})
         cells = []
-        for metric in METRICS:
-            digits = 2 if metric == "fid" else 3
-            if metric in paper:
-                cells.append(f"{_fmt(ours[metric], digits)} / {_fmt(paper[metric])} / "
-                             f"{ours[metric] - paper[metric]:+.{digits}f}")
-            else:
-                cells.append(_fmt(ours[metric], digits))
+        for metric in scorer.columns:
+            digits = scorer.digits.get(metric, 3)
+            cell = _fmt(ours.get(metric), digits)
+            if ours.get(f"{metric}_lo") is not None:
+                cell += f" [{_fmt(ours[f'{metric}_lo'], digits)}, {_fmt(ours[f'{metric}_hi'], digits)}]"
+            if metric in paper and ours.get(metric) is not None:
+                cell += f" / {_fmt(paper[metric])} / {ours[metric] - paper[metric]:+.{digits}f}"
+            cells.append(cell)
         lines.append(f"| {spec.name} | {ours['n_samples']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def noise_lines(specs, out: Path, columns) -> str | None:
+    """The pairs of rows whose 95% intervals overlap, per metric: differences between them are within noise."""
+    marks = {spec.name: (read_json(out / spec.name / "metrics.json") or {}).get("within_noise_of", {})
+             for spec in specs}
+    lines = []
+    for column in columns:
+        pairs = sorted({tuple(sorted((a, b))) for a, row in marks.items() for b in row.get(column, [])})
+        if pairs:
+            lines.append(f"- {column}: " + ", ".join(f"{a} ≈ {b}" for a, b in pairs))
+    return "Within noise (95% intervals overlap):\n" + "\n".join(lines) if lines else None
+
+
+def seeds_table(specs, results: dict, scorer) -> str | None:
+    """Each metric's mean ± standard deviation over the noise seeds (``--seeds``), beside the interval."""
+    rows = [spec for spec in specs if results[spec.name].get("seeds")]
+    if not rows:
+        return None
+    lines = ["Across noise seeds (mean ± std):", "", "| model | seeds | " + " | ".join(scorer.columns) + " |",
+             "|---|---|" + "---|" * len(scorer.columns)]
+    for spec in rows:
+        row = results[spec.name]
+        cells = [f"{_fmt(row.get(f'{c}_seeds_mean'), scorer.digits.get(c, 3))} ± "
+                 f"{_fmt(row.get(f'{c}_seeds_std'), scorer.digits.get(c, 3))}" for c in scorer.columns]
+        lines.append(f"| {spec.name} | {row['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diversity_table(specs, results: dict, out: Path, captions) -> str | None:
+    """Per-prompt diversity (``--diversity K``) with its interval, and each model's least and most diverse
+    prompts."""
+    rows = [spec for spec in specs if results[spec.name].get("diversity_clip") is not None]
+    if not rows:
+        return None
+    lines = ["Per-prompt diversity (mean pairwise distance of the K samples of a prompt; CLIP: 1 − cos, Inception: "
+             "Euclidean):", "", "| model | CLIP | Inception | least diverse prompt | most diverse prompt |",
+             "|---|---|---|---|---|"]
+    for spec in rows:
+        row = results[spec.name]
+        prompts = (read_json(out / spec.name / "metrics.json") or {}).get("details", {}).get("diversity", {})
+        values = np.load(out / spec.name / "diversity_clip_per_prompt.npy")
+        least, most = (prompts["prompts"][int(i)] for i in (values.argmin(), values.argmax()))
+        cells = [f"{_fmt(row.get(f'diversity_{kind}'), 3)} [{_fmt(row.get(f'diversity_{kind}_lo'), 3)}, "
+                 f"{_fmt(row.get(f'diversity_{kind}_hi'), 3)}]" for kind in ("clip", "inception")]
+        lines.append(f"| {spec.name} | " + " | ".join(cells) + f" | {captions[least][:60]} ({values.min():.3f}) | "
+                     f"{captions[most][:60]} ({values.max():.3f}) |")
     return "\n".join(lines)
 
 
@@ -177,18 +232,21 @@ def write_grid(out_png: Path, specs, stores, captions) -> Path | None:
 
 def write_all(out: Path, report_path: Path, suite, specs, results, stores, manifest: dict) -> None:
     protocol = suite.protocol
-    frame = table(specs, results)
+    frame = table(specs, results, suite.scorer.columns)
     atomic_write_text(out / "table.csv", frame.to_csv(index=False))
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
     grid = write_grid(report_path.with_suffix("") / "grid.png", specs, stores, protocol.captions)
     card = Card(**manifest["protocol_card"])
     parts = [
         f"# {suite.title}",
-        f"Protocol `{protocol.name}` (hash `{protocol.hash()[:12]}`), {len(protocol.captions)} samples per model, "
-        f"reference {protocol.reference.count} images. CLIP score is a raw cosine. "
+        f"Protocol `{protocol.name}` (hash `{protocol.hash()[:12]}`), {len(protocol.captions)} samples per model"
+        + (f", reference {protocol.reference.count} images" if protocol.reference else "") + f". {suite.scorer.note} "
         f"Extractors: " + ", ".join(f"{r} `{i}`" for r, i in manifest["extractors"].items()) + ".",
-        markdown_table(specs, results),
+        markdown_table(specs, results, suite.scorer),
     ]
+    parts += [part for part in (noise_lines(specs, out, suite.scorer.columns),
+                                seeds_table(specs, results, suite.scorer),
+                                diversity_table(specs, results, out, protocol.captions)) if part]
     if card.deviations:
         parts.append(f"⚠ {len(card.deviations)} departure(s) from the paper's protocol: see the protocol card.")
     if suite.notes:

@@ -122,6 +122,18 @@ def onestep_x0(unet, noise: torch.Tensor, text_embeddings: torch.Tensor, abar_t:
     return x0_from_prediction(noise, prediction, abar_t, prediction_type)
 
 
+def rectified_flow_x0(unet, noise: torch.Tensor, text_embeddings: torch.Tensor, timestep: float = 1000.0,
+                      init_sigma: float = 1.0) -> torch.Tensor:
+    """One Euler step of a rectified-flow velocity field from t = 1000 (noise) to 0, as InstaFlow's pipeline runs
+    with one step (gnobitab/InstaFlow ``code/pipeline_rf.py``, ``RectifiedFlowPipeline.__call__``: latents =
+    randn * init_noise_sigma, t = (1 - 0/1) * 1000, dt = 1, latents + dt * v): x0 = s z + v(s z, 1000)."""
+    latents = noise * init_sigma
+    t = torch.full((noise.shape[0],), float(timestep), device=noise.device)
+    velocity = unet(latents, t, encoder_hidden_states=text_embeddings).sample
+    dtype = torch.promote_types(noise.dtype, torch.float32)
+    return latents.to(dtype) + velocity.to(dtype)
+
+
 def draws_step_noise(scheduler) -> bool:
     """Whether a scheduler's ``step`` takes a generator (DDPM, Euler ancestral, ...: it may draw noise)."""
     return "generator" in inspect.signature(scheduler.step).parameters

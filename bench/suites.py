@@ -16,19 +16,23 @@ from bench.config import changed_from_default, option, refuse_unused
 from bench.errors import UserError
 from bench.protocol import Protocol
 from bench.registry import MODELS, ModelSpec
-
-PR_K = 3  # the protocol's neighbourhood size for precision/recall (Kynkäänniemi et al. 2019)
+from bench.scores import COCO, PR_K, Scorer
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    suite: str = option("coco", "protocol and default models", choices=["coco", "demo"])
+    suite: str = option("coco", "protocol and default models", choices=["coco", "demo", "hpsv2"])
     models: str | None = option(None, "comma-separated registry names or NAME=PATH_OR_HF_ID entries")
     coco: str | None = option(None, "COCO folder with annotations/captions_val2014.json and val2014/ (or .zip)")
     captions: str | None = option(None, "caption list: .txt (one per line) or SwiftBrush v2's dataset.json")
     preset: str = option("sbv2", "caption selection from COCO", choices=["sbv2", "random"])
     n: int | None = option(None, "number of samples (coco: 30000; demo: 1800)")
     seed: int = option(0, "noise seed; sample i has its own generator seeded by (seed, i)")
+    seeds: str | None = option(None, "more noise seeds to evaluate every model on, e.g. 1,2: one store each; the "
+                                     "table adds each metric's mean and std over all seeds")
+    diversity: int = option(0, "K extra seeds for a fixed subset of the captions: per-prompt diversity (mean pairwise "
+                               "distance of CLIP and Inception features), 0 = off")
+    diversity_prompts: int | None = option(None, "captions in the diversity subset (default: 10%% of --n / K)")
     caption_seed: int = option(0, "seed of the 'random' caption preset")
     batch_size: int | None = option(None, "samples per generation batch (coco: 16; demo: 100)")
     shard_size: int | None = option(None, "samples per stored shard (coco: 1000; demo: 200)")
@@ -57,6 +61,10 @@ class RunConfig:
                                          "never reach a metric)")
     grid: int = option(8, "images per model in the report grid")
     quick: bool = option(False, "demo suite: the reduced CI variant (short training)")
+    hps_prompts: str | None = option(None, "hpsv2 suite: folder of anime.json, concept-art.json, paintings.json, "
+                                           "photo.json (HPD v2's benchmark/)")
+    hps_weights: str | None = option(None, "hpsv2 suite: HPS_v2_compressed.pt or HPS_v2.1_compressed.pt; or put it "
+                                           "in BENCH_WEIGHTS_DIR")
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class Suite:
     shard_size: int
     notes: str = ""  # printed under the table
     sweeps: tuple[SweepSpec, ...] = ()
+    scorer: Scorer = COCO  # what is measured, the table's columns and the paper's numbers beside them
     card: Mapping[str, object] = field(default_factory=dict)  # the protocol card's suite lines (bench.card)
     paper_protocol: Mapping[str, tuple] = field(default_factory=dict)  # card label -> the paper's accepted values
 
@@ -100,6 +109,7 @@ COCO_OPTIONS = ("coco", "captions", "preset", "caption_seed", "fid_features", "c
 SUITES: dict[str, SuiteEntry] = {
     "coco": SuiteEntry("bench.suites:coco_suite", COCO_OPTIONS),
     "demo": SuiteEntry("bench.demo.suite:demo_suite", ("quick",)),
+    "hpsv2": SuiteEntry("bench.hpsv2:hpsv2_suite", ("hps_prompts", "hps_weights")),
 }
 
 
@@ -111,6 +121,16 @@ def check(config: RunConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if config.n is not None and config.n <= PR_K:
         raise UserError(f"--n {config.n}: precision/recall with k = {PR_K} needs more than {PR_K} samples")
+    try:
+        seeds = [int(s) for s in config.seeds.split(",") if s.strip()] if config.seeds else []
+    except ValueError:
+        raise UserError(f"--seeds {config.seeds!r}: expected comma-separated integers, e.g. 1,2") from None
+    if config.seeds and not seeds:
+        raise UserError("--seeds is empty: name at least one seed, e.g. 1,2")
+    if config.diversity == 1 or config.diversity < 0:
+        raise UserError(f"--diversity {config.diversity}: K seeds per prompt need K >= 2 (0 turns it off)")
+    if config.diversity_prompts is not None and (config.diversity_prompts < 2 or not config.diversity):
+        raise UserError("--diversity-prompts needs --diversity K and at least 2 prompts")
     if not 0 <= config.max_nonfinite <= 1:
         raise UserError(f"--max-nonfinite is a fraction in [0, 1], got {config.max_nonfinite}")
     if config.suite not in SUITES:

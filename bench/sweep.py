@@ -21,6 +21,7 @@ from bench.card import Card
 from bench.card import markdown as card_markdown
 from bench.engine import ModelRun, run_models
 from bench.errors import UserError
+from bench.metrics.intervals import sweep_verdict
 from bench.registry import resolve
 from bench.store import atomic_write_bytes, atomic_write_text
 from bench.suites import RunConfig, Suite
@@ -87,6 +88,8 @@ def plot(frame: pd.DataFrame, name_a: str, name_b: str, path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
     for ax, metric in zip(axes, ["fid", "clip_score", "precision", "recall"]):
         ax.plot(frame["w"], frame[metric], "o-")
+        if f"{metric}_lo" in frame:  # the 95% intervals
+            ax.fill_between(frame["w"], frame[f"{metric}_lo"], frame[f"{metric}_hi"], alpha=0.2)
         ax.plot(best["w"], best[metric], "r*", markersize=14, label=f"best FID (w = {best['w']:g})")
         ax.set_title(metric.replace("_", " "))
         ax.set_xlabel(f"w (0 = {name_a}, 1 = {name_b})")
@@ -96,6 +99,17 @@ def plot(frame: pd.DataFrame, name_a: str, name_b: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=130))
     plt.close(fig)
+
+
+def verdict_line(frame: pd.DataFrame, metric: str, verdict: dict) -> str:
+    """Whether the sweep's best point on ``metric`` beats both ends beyond their 95% intervals."""
+    best = frame.iloc[verdict["best"]]
+    ends = " and ".join(f"w = {frame.iloc[i]['w']:g} ({'beaten' if verdict[key] else 'within noise or better'})"
+                        for i, key in ((0, "beats_first"), (len(frame) - 1, "beats_last")))
+    answer = "beats both ends beyond the interval" if verdict["beats_both"] else "does not beat both ends beyond " \
+                                                                                  "the interval"
+    return (f"Best {metric} at w = {best['w']:g} ({best[metric]:.4g} [{best[f'{metric}_lo']:.4g}, "
+            f"{best[f'{metric}_hi']:.4g}]) {answer}: {ends}.")
 
 
 def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state, device: str) -> pd.DataFrame | None:
@@ -134,6 +148,8 @@ def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state,
     manifest["sweep"] = {"a": spec_a.to_dict(), "b": spec_b.to_dict(), "convention": CONVENTION}
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
     best = frame.loc[frame["fid"].idxmin()]
+    verdicts = {metric: sweep_verdict(frame.to_dict("records"), metric) for metric in ("fid", "recall")
+                if f"{metric}_lo" in frame}
     columns = ["w", "lambda_eq6", "n_samples", "fid", "precision", "recall", "clip_score"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(f"{row[c]:.4g}" for c in columns) + " |" for _, row in frame.iterrows()]
@@ -142,6 +158,7 @@ def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state,
             f"{len(suite.protocol.captions)} samples per point.", "\n".join(lines),
             f"Best FID at w = {best['w']:g} (λ = {best['lambda_eq6']:g}): FID {best['fid']:.3f}, precision "
             f"{best['precision']:.3f}, recall {best['recall']:.3f}, CLIP {best['clip_score']:.4f}.",
+            *[verdict_line(frame, metric, verdict) for metric, verdict in verdicts.items()],
             f"![figure 3]({figure.relative_to(report_path.parent).as_posix()})",
             card_markdown(Card(**manifest["protocol_card"])),
             f"Manifest: `{out / 'manifest.json'}`."]

@@ -46,8 +46,9 @@ def tiny_unet(seed: int = 0):
     return UNet2DConditionModel(**TINY_UNET)
 
 
-def make_tiny_pipeline(path: str | Path, seed: int = 0, scheduler: str = "DDIMScheduler") -> Path:
-    """Write a tiny SD-2-style pipeline folder (32 px latents at 16, images at 32 px) and return its path."""
+def make_tiny_pipeline(path: str | Path, seed: int = 0, scheduler: str = "DDIMScheduler", sd1: bool = False) -> Path:
+    """Write a tiny SD-2-style pipeline folder (32 px latents at 16, images at 32 px) and return its path; ``sd1``
+    makes it SD-1.x-style (tokenizer padding with the end token, quick-GELU text encoder, PNDM as SD 1.5 ships)."""
     import diffusers
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -57,13 +58,15 @@ def make_tiny_pipeline(path: str | Path, seed: int = 0, scheduler: str = "DDIMSc
     torch.manual_seed(seed)
     vae = AutoencoderKL(**TINY_VAE)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
+    text = {**TINY_TEXT, "hidden_act": "quick_gelu", "pad_token_id": 49407} if sd1 else TINY_TEXT
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text))
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = write_clip_tokenizer(scratch)
+        tokenizer = write_clip_tokenizer(scratch, pad_token="<|endoftext|>" if sd1 else "!")
+    options = {"skip_prk_steps": True} if sd1 and scheduler == "PNDMScheduler" else {}
     pipeline = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        scheduler=getattr(diffusers, scheduler)(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
+        scheduler=getattr(diffusers, scheduler).from_config({**SD_SCHEDULER, **options}), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.save_pretrained(path, safe_serialization=True)
     return path

@@ -24,15 +24,16 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_clip_tokenizer(out_dir: str | Path) -> CLIPTokenizer:
-    """Write a ``CLIPTokenizer`` folder (vocab.json, merges.txt, config) and return it loaded."""
+def write_clip_tokenizer(out_dir: str | Path, pad_token: str = "!") -> CLIPTokenizer:
+    """Write a ``CLIPTokenizer`` folder (vocab.json, merges.txt, config) and return it loaded; ``pad_token`` is SD
+    2.x's ``"!"`` by default, ``"<|endoftext|>"`` for SD 1.x."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab, merges = _vocab_and_merges()
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tokenizer = CLIPTokenizer(
-        str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), pad_token="!", model_max_length=77
+        str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), pad_token=pad_token, model_max_length=77
     )
     tokenizer.save_pretrained(out_dir)
     return CLIPTokenizer.from_pretrained(out_dir)

@@ -78,7 +78,9 @@ def test_end_to_end_two_models(world, tmp_path):
     assert "Loading weights" not in result.stderr  # the libraries' per-checkpoint bars are hidden
     out = tmp_path / "run"
     table = pd.read_csv(out / "table.csv")
-    assert list(table.columns[:6]) == ["model", "n_samples", "fid", "precision", "recall", "clip_score"]
+    assert list(table.columns[:7]) == ["model", "n_samples", "fid", "fid_inf", "precision", "recall", "clip_score"]
+    for metric in ("fid", "fid_inf", "precision", "recall", "clip_score"):  # every metric has its 95% interval
+        assert (table[f"{metric}_lo"] <= table[metric]).all() and (table[metric] <= table[f"{metric}_hi"]).all()
     assert list(table["model"]) == ["one", "multi"] and (table["n_samples"] == N_IMAGES).all()
     assert np.isfinite(table[["fid", "precision", "recall", "clip_score"]].to_numpy()).all()
     report = (tmp_path / "run.md").read_text()
@@ -248,11 +250,13 @@ def test_markdown_table_puts_the_paper_beside_rows_that_have_one():
     turbo, local = ModelSpec("sdturbo", "x", paper_row="SD Turbo"), ModelSpec("mine", "y")
     table = markdown_table([turbo, local], {"sdturbo": metrics, "mine": metrics}).splitlines()
     assert table[0].startswith("| model | N | fid (ours / paper / Δ) |")
-    assert table[2] == "| sdturbo | 30000 | 17.10 / 16.10 / +1.00 | 0.600 / 0.65 / -0.050 | 0.400 / 0.35 / +0.050 " \
-                       "| 0.330 / 0.33 / +0.000 |"
-    assert table[3] == "| mine | 30000 | 17.10 | 0.600 | 0.400 | 0.330 |"
+    assert table[2] == "| sdturbo | 30000 | 17.10 / 16.10 / +1.00 | – | 0.600 / 0.65 / -0.050 | 0.400 / 0.35 / " \
+                       "+0.050 | 0.330 / 0.33 / +0.000 |"
+    assert table[3] == "| mine | 30000 | 17.10 | – | 0.600 | 0.400 | 0.330 |"
     alone = markdown_table([local], {"mine": metrics}).splitlines()  # e.g. the demo world: no paper column
-    assert alone[0] == "| model | N | fid | precision | recall | clip_score |"
+    assert alone[0] == "| model | N | fid | fid_inf | precision | recall | clip_score |"
+    with_interval = markdown_table([local], {"mine": {**metrics, "fid_lo": 16.5, "fid_hi": 17.7}}).splitlines()
+    assert with_interval[2].startswith("| mine | 30000 | 17.10 [16.50, 17.70] |")
 
 
 class _IndexSampler:
@@ -411,3 +415,29 @@ def test_a_store_from_before_weights_were_recorded_adopts_them(tmp_path):
     assert old.weights() == {"unet": "abc"}
     with pytest.raises(UserError, match="other weights"):
         SampleStore(tmp_path, 4, 2, {"model": "m"}).claim({"unet": "def"})
+
+
+def test_extra_seeds_and_diversity_are_stored_apart_reported_and_recomputed(world, tmp_path):
+    """--seeds: one store per seed and each metric's mean and std over the seeds; --diversity K: K seeds of a fixed
+    prompt subset in a store of their own, per-prompt diversity with its interval; --metrics-only recomputes both."""
+    out = tmp_path / "run"
+    args = ["--models", f"one={world['one']}", *common(world, out, n=12), "--seeds", "1,2", "--diversity", "3",
+            "--diversity-prompts", "4"]
+    run_bench(args, cwd=tmp_path)
+    table = pd.read_csv(out / "table.csv").set_index("model")
+    assert (out / "one" / "seeds" / "1" / "store.json").exists() and (out / "one" / "seeds" / "2").is_dir()
+    assert json.loads((out / "one" / "diversity" / "store.json").read_text())["fingerprint"]["provenance"][
+        "diversity"] == {"prompts": [0, 4, 7, 11], "k": 3}
+    row = table.loc["one"]
+    assert row["seeds"] == 3 and row["fid_seeds_std"] > 0
+    assert row["fid_seeds_mean"] != pytest.approx(row["fid"])  # other noise, other samples
+    assert row["diversity_clip_lo"] <= row["diversity_clip"] <= row["diversity_clip_hi"] and row["diversity_clip"] > 0
+    assert np.load(out / "one" / "diversity_clip_per_prompt.npy").shape == (4,)
+    report = (tmp_path / "run.md").read_text()
+    assert "Across noise seeds (mean ± std)" in report and "Per-prompt diversity" in report
+    details = json.loads((out / "manifest.json").read_text())["models"]["one"]["details"]
+    assert details["seed"] == 0 and details["n_resamples"] == 200 and set(details["methods"]) >= {"fid", "recall"}
+    run_bench([*args, "--metrics-only"], cwd=tmp_path)
+    again = pd.read_csv(out / "table.csv").set_index("model")
+    columns = ["fid", "fid_lo", "fid_seeds_mean", "fid_seeds_std", "diversity_clip", "diversity_inception"]
+    pd.testing.assert_series_equal(table.loc["one", columns], again.loc["one", columns])

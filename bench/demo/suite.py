@@ -8,7 +8,8 @@ from pathlib import Path
 
 from bench.errors import UserError
 from bench.registry import MODELS
-from bench.suites import PR_K, Suite, SweepSpec
+from bench.scores import PR_K
+from bench.suites import Suite, SweepSpec
 
 NOTES = """How to read the demo rows:
 - `demo-teacher-cfg*`: the teacher, DDIM 25 steps. As in the paper's SD 2.1 rows, raising the guidance trades

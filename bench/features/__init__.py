@@ -1,4 +1,4 @@
-"""Feature extractors and their registry: Inception (clean-fid), CLIP (open_clip), and any registered or
+"""Feature extractors and their registry: Inception (clean-fid), CLIP (open_clip), HPS v2, and any registered or
 ``module:factory`` extractor (the demo world registers its own when ``bench.demo`` is imported).
 
 Every extractor takes uint8 NHWC RGB images at the protocol's metric resolution (``bench.features.base``); the
@@ -13,12 +13,14 @@ from bench.errors import UserError
 from bench.features.base import FeatureExtractor, TextImageExtractor
 from bench.features.cache import cached_features, reference_features, text_features_cached
 from bench.features.clip import ClipExtractor, clip_text
+from bench.features.hps import HpsExtractor
 from bench.features.inception import InceptionExtractor, inception_adm_extractor, inception_extractor
 
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
     "inception": inception_extractor,
     "inception-adm": inception_adm_extractor,
     "clip": ClipExtractor,
+    "hps": HpsExtractor,
 }
 
 

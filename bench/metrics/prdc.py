@@ -25,13 +25,29 @@ from bench.tf32 import tf32
 ROW_BLOCK = 1024  # 1024 x 40,504 x 4 B = 166 MB per block; torch.cdist also copies the column set once per call
 
 
-def _as_tensor(features: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    if not torch.is_tensor(features):
-        features = torch.from_numpy(np.ascontiguousarray(features))
-    return features.to(device=device, dtype=torch.float32)
+def as_tensors(real, fake, k: int, row_block: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets as float32 tensors on ``device``, checked: matching (N, D) and (M, D), more than ``k``
+    samples each, a positive ``row_block``."""
+    device = torch.device(device if device is not None else "cpu")
+
+    def tensor(features):
+        if not torch.is_tensor(features):
+            features = torch.from_numpy(np.ascontiguousarray(features))
+        return features.to(device=device, dtype=torch.float32)
+
+    real, fake = tensor(real), tensor(fake)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"features must be (N, D) and (M, D), got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if min(real.shape[0], fake.shape[0]) <= k:
+        raise ValueError(
+            f"k = {k} needs more than {k} samples per set, got {real.shape[0]} real, {fake.shape[0]} fake"
+        )
+    if row_block < 1:
+        raise ValueError(f"row_block must be positive, got {row_block}")
+    return real, fake
 
 
-def _radii(points: torch.Tensor, k: int, row_block: int) -> torch.Tensor:
+def radii(points: torch.Tensor, k: int, row_block: int) -> torch.Tensor:
     # The (k + 1)-th smallest distance, because each point's zero distance to itself is the first. topk gives the
     # same value as torch-fidelity's kthvalue(k + 1) (an order statistic does not depend on tie order), and on
     # the CPU kthvalue clones its input and allocates int64 indices of the same size: 5x the block's memory.
@@ -68,18 +84,8 @@ def precision_recall(
     Raises:
         ValueError: on mismatched shapes, or fewer than ``k + 1`` samples in a set.
     """
-    device = torch.device(device if device is not None else "cpu")
-    real, fake = _as_tensor(real, device), _as_tensor(fake, device)
-    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"features must be (N, D) and (M, D), got {tuple(real.shape)} and {tuple(fake.shape)}")
-    if min(real.shape[0], fake.shape[0]) <= k:
-        raise ValueError(
-            f"k = {k} needs more than {k} samples per set, got {real.shape[0]} real, {fake.shape[0]} fake"
-        )
-    if row_block < 1:
-        raise ValueError(f"row_block must be positive, got {row_block}")
-
+    real, fake = as_tensors(real, fake, k, row_block, device)
     with torch.inference_mode(), tf32(False):  # TF32 would round distances to 10 mantissa bits on a GPU
-        precision = _coverage(fake, real, _radii(real, k, row_block), row_block)
-        recall = _coverage(real, fake, _radii(fake, k, row_block), row_block)
+        precision = _coverage(fake, real, radii(real, k, row_block), row_block)
+        recall = _coverage(real, fake, radii(fake, k, row_block), row_block)
     return precision, recall
