@@ -28,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip: Iterable[str] = ()
             continue
         flag, kind = "--" + spec.name.replace("_", "-"), hints[spec.name]
         text = spec.metadata.get("help", "")
+        if isinstance(kind, types.UnionType):  # "X | None": the value type is X
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default, help=text)
             continue
-        if isinstance(kind, types.UnionType):  # "X | None": the value type is X
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         shown = " (default: %(default)s)" if spec.default is not None else ""
         parser.add_argument(flag, type=kind, default=spec.default, choices=spec.metadata.get("choices"),
                             required=spec.metadata.get("required", False), help=text + shown)

@@ -8,6 +8,7 @@ metrics and writes the outputs. A run folder keeps every model evaluated into it
 same run-level settings are evaluated again beside this run's, never dropped from the table.
 """
 
+import dataclasses
 import gc
 import json
 import sys
@@ -62,6 +63,9 @@ class Done(NamedTuple):
     timings: dict
     extractor_ids: dict  # metric role -> extractor id
     within_noise: dict  # model -> metric -> the models whose interval overlaps its own
+    per_sample: dict  # model -> per-sample arrays (CLIP scores, their sample indices, non-finite indices, ...)
+    details: dict  # model -> what metrics.json keeps beside the metrics (interval settings, diversity subset)
+    images: dict  # model -> {key: path} of the samples the HTML page shows
 
 
 def pick_device(name: str) -> str:
@@ -80,6 +84,11 @@ def pick_device(name: str) -> str:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return name
+
+
+def with_device_defaults(config: RunConfig, device: str) -> RunConfig:
+    """The options whose default depends on the device: ``--compile`` is on for a GPU."""
+    return dataclasses.replace(config, compile=device.startswith("cuda") if config.compile is None else config.compile)
 
 
 def start(config: RunConfig):
@@ -356,7 +365,46 @@ def run_models(config: RunConfig, suite: Suite, models: list[ModelRun], state, d
              "details": details[spec.name]}, indent=1, default=float))
     if small_samples:  # once per run, not once per model
         print(f"warning: {small_samples[0]}", file=sys.stderr)
-    return Done(specs, results, stores, timings, extractor_ids, noise)
+    images = illustrate(models, specs, per_sample, details, config, suite, device)
+    return Done(specs, results, stores, timings, extractor_ids, noise, per_sample, details, images)
+
+
+def illustrate(models: list[ModelRun], specs, per_sample: dict, details: dict, config: RunConfig, suite: Suite,
+               device: str) -> dict:
+    """The thumbnails of the samples each model's page shows (``bench.pages``), made for this run's models when
+    missing; an earlier run's models, and ``--metrics-only``, keep what is there."""
+    from bench.evaluate import DIVERSITY_SEED
+    from bench.pages import thumbnails, wanted
+
+    folder, runs = Path(config.report).with_suffix("") / "gallery", {model.spec.name: model for model in models}
+    resolution = suite.protocol.metric_resolution or 256  # a protocol at native size gets 256 px thumbnails
+    images = {}
+    for spec in specs:
+        items = wanted(len(suite.protocol.captions), config.gallery, config.seed, per_sample[spec.name],
+                       details[spec.name], config.seed + DIVERSITY_SEED)
+        model = runs.get(spec.name) if not config.metrics_only else None
+        make = partial(render, model, config, device, suite.protocol, resolution) if model else None
+        images[spec.name] = thumbnails(folder / spec.name, items, make, resolution)
+    return images
+
+
+def render(model: ModelRun, config: RunConfig, device: str, protocol, resolution: int, items) -> np.ndarray:
+    """The images of ``items`` (``bench.pages.Item``) at the thumbnails' resolution, loading the model once."""
+    from bench.generate import Sampler
+    from bench.protocol import to_metric_images
+
+    sampler, out = Sampler(load(model, config, device), seed=config.seed), [None] * len(items)
+    for seed in sorted({item.seed for item in items}):
+        sampler.seed = seed
+        chosen = [k for k, item in enumerate(items) if item.seed == seed]
+        for start in range(0, len(chosen), config.batch_size):
+            part = chosen[start:start + config.batch_size]
+            images, _ = sampler([protocol.captions[items[k].caption] for k in part], [items[k].index for k in part])
+            small = protocol.to_metric_images(images) if protocol.metric_resolution else to_metric_images(
+                images, resolution)
+            for k, image in zip(part, small):
+                out[k] = image
+    return np.stack(out)
 
 
 def run_table(config: RunConfig, suite: Suite, state, device: str) -> Done | None:
@@ -373,7 +421,6 @@ def run_table(config: RunConfig, suite: Suite, state, device: str) -> Done | Non
     if done is not None:
         manifest = report.manifest(config, suite, done.specs, done.stores, done.extractor_ids, done.timings, device,
                                    state.num_processes)
-        report.write_all(Path(config.out), Path(config.report), suite, done.specs, done.results, done.stores,
-                         manifest)
+        report.write_all(config, suite, done, manifest)
         print(report.table(done.specs, done.results, suite.scorer.columns).to_string(index=False))
     return done

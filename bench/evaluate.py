@@ -29,9 +29,9 @@ def reference_and_text(suite, extractors: dict, cache_dir: str) -> tuple[dict, d
     return suite.scorer.prepare(reference), texts
 
 
-def finite_samples(store: SampleStore, max_nonfinite: float, at_least: int) -> tuple[dict, int]:
-    """The finite samples' arrays (features and indices) and the count of the others, or one line saying why the
-    store cannot be scored."""
+def finite_samples(store: SampleStore, max_nonfinite: float, at_least: int) -> tuple[dict, np.ndarray]:
+    """The finite samples' arrays (features and indices) and the indices of the others, or one line saying why
+    the store cannot be scored."""
     data = store.gather()
     finite = data["finite"].astype(bool)
     nonfinite = int((~finite).sum())
@@ -43,7 +43,7 @@ def finite_samples(store: SampleStore, max_nonfinite: float, at_least: int) -> t
         raise UserError(f"{store.root}: {int(finite.sum())} samples, but the metrics need at least {at_least}: "
                         "raise --n")
     return {key: value[finite] for key, value in data.items() if key.startswith("features_") or key == "indices"}, \
-        nonfinite
+        data["indices"][~finite]
 
 
 def evaluate(store: SampleStore, suite, reference: dict, texts: dict, max_nonfinite: float,
@@ -54,7 +54,8 @@ def evaluate(store: SampleStore, suite, reference: dict, texts: dict, max_nonfin
 
     samples, nonfinite = finite_samples(store, max_nonfinite, PR_K + 1)
     metrics, per_sample, details = suite.scorer.score(samples, reference, texts, device)
-    return {"n_samples": len(samples["indices"]), **metrics, "nonfinite_samples": nonfinite}, per_sample, details
+    return ({"n_samples": len(samples["indices"]), **metrics, "nonfinite_samples": len(nonfinite)},
+            {**per_sample, "nonfinite_indices": nonfinite}, details)
 
 
 def seed_spread(per_seed: list[dict], columns) -> dict:

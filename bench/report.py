@@ -4,6 +4,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -230,8 +231,10 @@ def write_grid(out_png: Path, specs, stores, captions) -> Path | None:
     return out_png
 
 
-def write_all(out: Path, report_path: Path, suite, specs, results, stores, manifest: dict) -> None:
-    protocol = suite.protocol
+def write_all(config, suite, done, manifest: dict) -> None:
+    """``table.csv``, ``manifest.json``, the markdown report with its grid, and the HTML page beside it."""
+    out, report_path, protocol = Path(config.out), Path(config.report), suite.protocol
+    specs, results, stores = done.specs, done.results, done.stores
     frame = table(specs, results, suite.scorer.columns)
     atomic_write_text(out / "table.csv", frame.to_csv(index=False))
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, default=str))
@@ -253,7 +256,15 @@ def write_all(out: Path, report_path: Path, suite, specs, results, stores, manif
         parts.append(suite.notes)
     if grid:
         parts.append(f"![samples]({grid.relative_to(report_path.parent).as_posix()})")
+    page = report_path.with_suffix(".html")
+    parts.append(f"Browsable report with the side-by-side viewer: [{page.name}]({page.name}).")
     parts.append(card_markdown(card))
     parts.append(f"Manifest: `{out / 'manifest.json'}` (git {manifest['git_commit'][:12]}, device "
                  f"{manifest['device']['name']}, seed {manifest['seed']}).")
     atomic_write_text(report_path, "\n\n".join(parts) + "\n")
+    from bench.html import write_run_page
+    from bench.pages import gallery_indices, run_page
+
+    links = {"markdown report": report_path.name, "manifest": os.path.relpath(out / "manifest.json", page.parent)}
+    write_run_page(page, run_page(suite, specs, results, done.within_noise, card, done.images, done.per_sample,
+                                  done.details, gallery_indices(len(protocol.captions), config.gallery), links))

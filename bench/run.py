@@ -34,7 +34,7 @@ def run(config: RunConfig) -> None:
     from bench.sweep import run_sweep
 
     state, device = engine.start(config)
-    suite, config = suites.build(config)
+    suite, config = suites.build(engine.with_device_defaults(config, device))
     engine.run_table(config, suite, state, device)
     if config.models:
         return

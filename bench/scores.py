@@ -80,7 +80,7 @@ def coco_scores(samples: dict, reference: dict, texts: dict, device: str = "cpu"
     columns["fid"] = frechet_distance(mu_ref, sigma_ref, *feature_statistics(samples["features_fid"]))
     metrics = {**columns, "kid": float(kid_mean), "kid_std": float(kid_std),
                "pr_features": "adm" if pr_role == "pr" else "fid"}
-    return metrics, {"clip_scores": scores}, details
+    return metrics, {"clip_scores": scores, "sample_indices": samples["indices"]}, details
 
 
 def table_intervals(

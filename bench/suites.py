@@ -41,7 +41,8 @@ class RunConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
     dtype: str | None = option(None, "generation dtype (default: the model's)",
                                choices=["float16", "bfloat16", "float32"])
-    compile: bool = option(False, "torch.compile the UNet and VAE decoder")
+    compile: bool | None = option(None, "torch.compile the UNet and VAE decoder (default: on a GPU; a failed compile "
+                                        "falls back to eager with a warning)")
     fid_features: str | None = option(None, "FID extractor: a registered name or module:factory (coco: inception)")
     clip_features: str | None = option(None, "CLIP-score extractor (coco: clip = open_clip ViT-g-14)")
     pr_features: str | None = option(None, "precision/recall features: adm = ADM-evaluator-like (BGR, TF resize; "
@@ -60,6 +61,8 @@ class RunConfig:
     max_nonfinite: float = option(0.001, "fail when more than this fraction of samples decode to NaN/inf (they "
                                          "never reach a metric)")
     grid: int = option(8, "images per model in the report grid")
+    gallery: int | None = option(None, "captions in the HTML report's side-by-side viewer (coco: 300, 256 px WebP, "
+                                        "~12 KB each)")
     quick: bool = option(False, "demo suite: the reduced CI variant (short training)")
     hps_prompts: str | None = option(None, "hpsv2 suite: folder of anime.json, concept-art.json, paintings.json, "
                                            "photo.json (HPD v2's benchmark/)")
@@ -91,6 +94,7 @@ class Suite:
     out: Path  # default run folder; the report defaults to reports/<its name>.md
     batch_size: int
     shard_size: int
+    gallery: int = 300  # captions in the HTML report's side-by-side viewer
     notes: str = ""  # printed under the table
     sweeps: tuple[SweepSpec, ...] = ()
     scorer: Scorer = COCO  # what is measured, the table's columns and the paper's numbers beside them
@@ -115,9 +119,9 @@ SUITES: dict[str, SuiteEntry] = {
 
 def check(config: RunConfig) -> None:
     """Options that no suite could use, or that this suite would silently ignore: one line each."""
-    for name in ("n", "batch_size", "shard_size", "grid"):
+    for name in ("n", "batch_size", "shard_size", "grid", "gallery"):
         value = getattr(config, name)
-        if value is not None and value < (0 if name == "grid" else 1):
+        if value is not None and value < (0 if name in ("grid", "gallery") else 1):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if config.n is not None and config.n <= PR_K:
         raise UserError(f"--n {config.n}: precision/recall with k = {PR_K} needs more than {PR_K} samples")
@@ -150,6 +154,7 @@ def build(config: RunConfig) -> tuple[Suite, RunConfig]:
     resolved = dataclasses.replace(
         config, n=len(suite.protocol.captions), batch_size=config.batch_size or suite.batch_size,
         shard_size=config.shard_size or suite.shard_size, out=out,
+        gallery=config.gallery if config.gallery is not None else suite.gallery,
         report=config.report or str(Path("reports") / f"{Path(out).name}.md"))
     return suite, resolved
 

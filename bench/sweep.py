@@ -11,6 +11,7 @@ Text encoder, tokenizer, VAE and scheduler come from A. Writes ``<out>/sweep.csv
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,14 @@ from bench.card import Card
 from bench.card import markdown as card_markdown
 from bench.engine import ModelRun, run_models
 from bench.errors import UserError
+from bench.html import write_sweep_page
 from bench.metrics.intervals import sweep_verdict
+from bench.pages import gallery_indices, sweep_page
 from bench.registry import resolve
 from bench.store import atomic_write_bytes, atomic_write_text
 from bench.suites import RunConfig, Suite
 
+SWEEP_GALLERY = 12  # captions whose images each point shows on the sweep's page
 CONVENTION = "w = weight of B: θ = (1 − w)·θ_A + w·θ_B (Eq. 6 with λ = 1 − w)"
 
 
@@ -122,6 +126,7 @@ def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state,
     from bench.load import weights_identity
 
     cache, models, grid = {}, [], parse_grid(lams)
+    config = dataclasses.replace(config, gallery=min(config.gallery, SWEEP_GALLERY))
     parents = {}  # both students' weights identity, computed once for all points
 
     def weights() -> dict:
@@ -138,7 +143,8 @@ def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state,
     if done is None:
         return None
     points = [(done.stores[spec.name].fingerprint["provenance"]["w_of_b"], spec.name) for spec in done.specs]
-    frame = pd.DataFrame([{"w": w, "lambda_eq6": round(1 - w, 6), **done.results[name]} for w, name in sorted(points)])
+    frame = pd.DataFrame([{"w": w, "lambda_eq6": round(1 - w, 6), **done.results[name], "name": name}
+                          for w, name in sorted(points)])
     out, report_path = Path(config.out), Path(config.report)
     atomic_write_text(out / "sweep.csv", frame.to_csv(index=False))
     figure = report_path.with_suffix("") / "figure3.png"
@@ -162,6 +168,12 @@ def run_sweep(config: RunConfig, suite: Suite, a: str, b: str, lams: str, state,
             f"![figure 3]({figure.relative_to(report_path.parent).as_posix()})",
             card_markdown(Card(**manifest["protocol_card"])),
             f"Manifest: `{out / 'manifest.json'}`."]
+    page = report_path.with_suffix(".html")
+    text.insert(-1, f"Browsable page with the images of every point: [{page.name}]({page.name}).")
     atomic_write_text(report_path, "\n\n".join(text) + "\n")
+    links = {"markdown report": report_path.name, "manifest": os.path.relpath(out / "manifest.json", page.parent)}
+    write_sweep_page(page, sweep_page(suite, spec_a, spec_b, CONVENTION, frame, verdicts, Card(
+        **manifest["protocol_card"]), done.images, gallery_indices(len(suite.protocol.captions), config.gallery),
+        links))
     print(frame[columns].to_string(index=False))
     return frame

@@ -35,7 +35,7 @@ def sweep(config: RunConfig, points: SweepConfig):
     name = "sweep-" + "-".join(entry.split("=")[0] for entry in (points.a, points.b))
     config = dataclasses.replace(config, out=config.out or f"results/{name}")
     state, device = engine.start(config)
-    suite, config = suites.build(config)
+    suite, config = suites.build(engine.with_device_defaults(config, device))
     return run_sweep(config, suite, points.a, points.b, points.lams, state, device)
 
 

@@ -19,6 +19,29 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def single_threaded():
+    """torch and BLAS on one thread for small matrices on a shared 2-core machine, where extra threads spend far
+    more time waiting than working. Metric modules use it: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def free_port() -> int:
+    """A loopback port no one listens on: two-process tests of parallel pytest workers must not share 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Tests never reach the network: any connection outside loopback fails at once."""

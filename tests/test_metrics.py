@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from cleanfid import fid as cleanfid_fid
-from threadpoolctl import threadpool_limits
 from torch_fidelity import metric_fid, metric_kid, metric_prc
 
 from bench.metrics import clipscore, fid, kid, prdc
@@ -22,16 +21,7 @@ from bench.metrics import clipscore, fid, kid, prdc
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def single_threaded():
-    # Tiny matrices on a shared two-core machine: BLAS and OpenMP threads spend 100x more time waiting than working.
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(torch_threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 def gaussian_features(rng, n, d, shift=0.0, scale=1.0):

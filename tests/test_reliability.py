@@ -32,11 +32,22 @@ def temporaries(*folders: Path) -> list[Path]:
     return [p for folder in folders if folder.exists() for p in folder.rglob("*.tmp")]
 
 
+@pytest.fixture(scope="module")
+def finished_run(world, tmp_path_factory):  # noqa: F811
+    """A finished run folder (two models), made once: the runs below never write into it."""
+    base = tmp_path_factory.mktemp("finished")
+    out = base / "results" / "run"
+    run_bench(["--models", f"one={world['one']},multi={world['multi']}", *common(world, out, n=8)], cwd=base)
+    return out
+
+
 @pytest.fixture()
-def done_run(world, tmp_path):  # noqa: F811
-    """A finished run folder (two models) whose bytes the failing runs below must not change."""
+def done_run(finished_run, tmp_path):
+    """A copy of the finished run whose bytes the failing run of each test must not change."""
     out = tmp_path / "results" / "run"
-    run_bench(["--models", f"one={world['one']},multi={world['multi']}", *common(world, out, n=8)], cwd=tmp_path)
+    shutil.copytree(finished_run, out)
+    for report in finished_run.parent.glob("run.*"):  # the markdown and HTML reports beside it
+        shutil.copy(report, out.parent / report.name)
     return out
 
 

@@ -25,6 +25,7 @@ from bench.run import build_parser
 from bench.sampling import alphas_cumprod, sample_noise, x0_from_eps
 from bench.suites import RunConfig
 from bench.testing import make_tiny_pipeline
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDINS = ["--fid-features", "tests.standins:PixelStats", "--clip-features", "tests.standins:HashedText"]
@@ -100,6 +101,8 @@ def test_end_to_end_two_models(world, tmp_path):
     assert any("reference images: 24 (the paper: 40504)" in d for d in card["deviations"])
     assert result.stderr.count("warning: reference images: 24 (the paper: 40504)") == 1
     assert "## Protocol card" in report and "⚠ reference images: 24" in report
+    page = (tmp_path / "run.html").read_text()  # the browsable report beside it (tested in a browser: test_html)
+    assert "run.html" in report and '"model":"one"' in page and "gallery/one/" in page
     assert "one generated in float32" not in report  # the paper's inference dtype: not a departure
 
     # --metrics-only recomputes the same numbers from the store without a model.
@@ -230,11 +233,17 @@ def test_bad_input_one_line_and_results_untouched(world, tmp_path, case):
 @pytest.mark.slow
 def test_two_processes_give_the_same_table(world, tmp_path):
     models = f"one={world['one']}"
-    run_bench(["--models", models, *common(world, tmp_path / "single")], cwd=tmp_path)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # One thread per process in both runs (torchrun's default): the thread count moves float rounding in the
+    # UNet, enough to flip the odd pixel by one level.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "bench.run", "--models", models,
+                             *common(world, tmp_path / "single")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
     # `--multi_gpu` is accelerate's torchrun launcher; on a CPU it makes a gloo group (`--cpu` starts one process).
     result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                             "-m", "bench.run", "--models", models, *common(world, tmp_path / "double")],
+                             "--main_process_port", str(free_port()), "-m", "bench.run", "--models", models,
+                             *common(world, tmp_path / "double")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "double" / "manifest.json").read_text())["device"]["processes"] == 2

@@ -4,6 +4,7 @@ one-step x0 of every prediction type, zero-SNR schedules, and stochastic schedul
 import dataclasses
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -129,3 +130,50 @@ def test_noise_of_stochastic_steps_is_apart_from_the_starting_noise():
     step = torch.randn(4, generator=step_generators(0, [3])[0])
     assert not torch.equal(start[0], step)
     assert torch.equal(step, torch.randn(4, generator=step_generators(0, [3])[0]))
+
+
+def test_caption_cache_encodes_each_caption_once_and_matches_the_encoder(pipeline_dir, monkeypatch):
+    from bench import generate
+    from bench.load import encode_prompts
+
+    model = load_model(ModelSpec("m", str(pipeline_dir)))
+    sampler, encoded = Sampler(model), []
+    monkeypatch.setattr(generate, "encode_prompts", lambda tok, enc, texts: encoded.append(list(texts))
+                        or encode_prompts(tok, enc, texts))
+    monkeypatch.setattr(generate, "CACHED_CAPTIONS", 3)
+    first = sampler.encode([PROMPTS[0], PROMPTS[1], PROMPTS[0]])
+    assert encoded == [[PROMPTS[0], PROMPTS[1]]]  # a repeated caption is encoded once
+    assert torch.equal(first, encode_prompts(model.tokenizer, model.text_encoder, [PROMPTS[0], PROMPTS[1],
+                                                                                   PROMPTS[0]]))
+    sampler.encode([PROMPTS[1], PROMPTS[2]])
+    sampler.encode([PROMPTS[3]])  # four captions, three kept: the least recently used (PROMPTS[0]) goes
+    assert encoded[1:] == [[PROMPTS[2]], [PROMPTS[3]]]
+    sampler.encode([PROMPTS[0], PROMPTS[3]])
+    assert encoded[-1] == [PROMPTS[0]]
+
+
+def test_a_failed_compile_falls_back_to_eager_with_one_warning(pipeline_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor: no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    model = load_model(ModelSpec("m", str(pipeline_dir)))
+    eager = Sampler(model, seed=1)(PROMPTS[:2], [0, 1])[0]
+    compiled = Sampler(model, seed=1, compile=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = compiled(PROMPTS[:2], [0, 1])[0]
+        again = compiled(PROMPTS[:2], [0, 1])[0]  # later calls go straight to eager, without warning again
+    assert np.array_equal(images, eager) and np.array_equal(again, eager)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and "torch.compile of the UNet failed (RuntimeError: inductor" in messages[0]
+    assert "torch.compile of the VAE decoder failed" in messages[1] and "running it eagerly" in messages[1]
+
+
+def test_compile_is_on_by_default_on_a_gpu_only():
+    from bench.engine import with_device_defaults
+    from bench.suites import RunConfig
+
+    assert with_device_defaults(RunConfig(), "cuda:1").compile is True
+    assert with_device_defaults(RunConfig(), "cpu").compile is False
+    assert with_device_defaults(RunConfig(compile=False), "cuda").compile is False

@@ -18,6 +18,7 @@ from bench.sampling import alphas_cumprod, onestep_timestep, onestep_x0, sample_
 from bench.testing import make_tiny_pipeline, make_tiny_taesd, write_tiny_open_clip
 from distill import probe, train
 from distill.utils import write_real_pairs
+from tests.conftest import free_port
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,7 +284,8 @@ def test_two_processes_train_and_resume_exactly(world, tmp_path, scheme):
         if scheme == "lora" else ()
 
     def launch(out, *more):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m",
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--main_process_port", str(free_port()), "-m",
                    "distill.train", *_args(world, out, scheme, *extra, *more)]
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})

@@ -9,7 +9,7 @@ import torch
 
 from bench.features import ClipExtractor, InceptionExtractor
 from bench.load import LoadedModel
-from bench.registry import ModelSpec
+from bench.registry import TEACHER_SCHEDULER, ModelSpec
 from bench.sd21 import SCHEDULER
 from bench.testing import TINY_OPEN_CLIP
 
@@ -34,24 +34,44 @@ def build_generator(tiny: bool, device: torch.device, dtype: torch.dtype, seed: 
 
 
 def loaded(parts: dict, tokenizer, device, dtype, steps: int, cfg: float) -> LoadedModel:
+    """A one-step student, or the multi-step teacher with the sampler it is evaluated with (``TEACHER_SCHEDULER``)."""
     spec = ModelSpec(f"random-sd21-{steps}step", "random", kind="one-step" if steps == 1 else "multi-step",
-                     steps=steps, guidance_scale=cfg, scheduler=None if steps == 1 else "DDIMScheduler")
+                     steps=steps, guidance_scale=cfg, scheduler=None if steps == 1 else TEACHER_SCHEDULER)
     return LoadedModel(spec, parts["unet"], parts["text_encoder"], tokenizer, parts["vae"],
                        dict(SCHEDULER, _class_name="DDIMScheduler"), device, dtype, {"unet": "random"})
 
 
-class _Pixels(torch.nn.Module):  # clean-fid's Inception takes 0..255; torchvision's wants [-1, 1]
+def teacher_scheduler():
+    """The naive pipeline's 25-step sampler: the teacher's, as SD 2.1-base's folder ships it."""
+    import diffusers
+
+    from bench.generate import SHIPPED_SETTINGS
+
+    return getattr(diffusers, TEACHER_SCHEDULER).from_config({**SCHEDULER, **SHIPPED_SETTINGS[TEACHER_SCHEDULER]})
+
+
+class _Pixels(torch.nn.Module):
+    """clean-fid's Inception takes 0..255 (and, for ``resize_inside``, resizes to 299 itself); torchvision's
+    network wants [-1, 1]."""
+
+    def __init__(self, resize_inside: bool):
+        super().__init__()
+        self.resize_inside = resize_inside
+
     def forward(self, x):
+        if self.resize_inside:
+            x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         return x / 127.5 - 1
 
 
 class RandomInception(InceptionExtractor):
-    """The real extractor's code path (clean resize to 299, fp32, TF32 off) on a random-weight network."""
+    """The real extractor's code path (fp32, TF32 off; ``"clean"``: clean resize to 299 outside the network,
+    ``"adm"``: BGR, resized inside) on a random-weight network."""
 
-    def __init__(self, tiny: bool, device: torch.device, batch_size: int):
+    def __init__(self, tiny: bool, device: torch.device, batch_size: int, mode: str = "clean"):
         from cleanfid.resize import make_resizer
 
-        self.mode, self.batch_size, self.allow_tf32, self.device = "clean", batch_size, False, device
+        self.mode, self.batch_size, self.allow_tf32, self.device = mode, batch_size, False, device
         self._resize = make_resizer("PIL", False, "bicubic", (299, 299))
         with torch.device(device):
             if tiny:
@@ -62,8 +82,8 @@ class RandomInception(InceptionExtractor):
 
                 net = inception_v3(weights=None, aux_logits=False, init_weights=False)
                 net.fc = torch.nn.Identity()  # 2048-d pool features
-        self.model = torch.nn.Sequential(_Pixels(), net).eval().requires_grad_(False)
-        self.id = f"random-inception{'-tiny' if tiny else '-v3'}/clean/tf32=0"
+        self.model = torch.nn.Sequential(_Pixels(mode == "adm"), net).eval().requires_grad_(False)
+        self.id = f"random-inception{'-tiny' if tiny else '-v3'}/{mode}/tf32=0"
 
 
 def build_clip(tiny: bool, device: torch.device, precision: str, batch_size: int) -> ClipExtractor:
@@ -103,7 +123,11 @@ def count_flops(parts: dict, tokenizer, inception, clip) -> dict:
             "clip_image": flops(lambda: clip.model.encode_image(clip_in))}
 
 
-def work_flops(f: dict, steps: int, cfg: float, features: bool) -> float:
+def generation_flops(f: dict, steps: int, cfg: float) -> float:
     k = 2 if cfg > 1 else 1  # cfg: cond + uncond text and UNet passes per image
-    return f["text_encoder"] * k + f["unet"] * steps * k + f["vae_decoder"] + (
-        f["inception"] + f["clip_image"] if features else 0)
+    return f["text_encoder"] * k + f["unet"] * steps * k + f["vae_decoder"]
+
+
+def feature_flops(f: dict) -> float:
+    """The metric networks per image: Inception twice (FID and precision/recall features) and the CLIP tower."""
+    return 2 * f["inception"] + f["clip_image"]

@@ -26,8 +26,9 @@ def prompts(indices) -> list[str]:
     return [f"{CAPTIONS[i % len(CAPTIONS)]} ({i})" for i in indices]
 
 
-class GpuBusy:
-    """Mean NVML utilization (the share of time a kernel ran), sampled every 50 ms in a thread; None without NVML."""
+class GpuMonitor:
+    """NVML samples every 50 ms in a thread: utilization (the share of time a kernel ran), SM clock (MHz) and power
+    (W); all None without NVML (a CPU run)."""
 
     def __init__(self, device: torch.device):
         self.samples, self.stop, self.poll = [], threading.Event(), None
@@ -36,10 +37,12 @@ class GpuBusy:
 
             pynvml.nvmlInit()
             handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(device))
-            self.poll = lambda: pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+            self.poll = lambda: (pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+                                 pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                                 pynvml.nvmlDeviceGetPowerUsage(handle) / 1000)
         except Exception as error:
             if device.type == "cuda":
-                print(f"GPU busy: n/a ({type(error).__name__}: {error})", flush=True)
+                print(f"GPU monitor: n/a ({type(error).__name__}: {error})", flush=True)
 
     def _loop(self):
         while not self.stop.wait(0.05):
@@ -54,50 +57,141 @@ class GpuBusy:
         self.stop.set()
         self.thread.join()
 
-    @property
-    def share(self):
-        return float(np.mean(self.samples)) / 100 if self.samples else None
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"gpu_busy": None, "sm_clock_mhz": None, "power_w": None}
+        busy, clock, power = np.array(self.samples, dtype=np.float64).T
+        return {"gpu_busy": float(busy.mean()) / 100, "sm_clock_mhz": float(clock.mean()),
+                "sm_clock_min_mhz": float(clock.min()), "power_w": float(power.mean())}
 
 
-def run_naive(pipe, n: int, batch: int, steps: int, cfg: float, folder: Path, deadline: float) -> dict:
-    folder.mkdir(parents=True)
-
-    def generate(indices):
-        return pipe(prompts(indices), num_inference_steps=steps, guidance_scale=cfg, output_type="pil").images
-
+def timed(run, n: int, batch: int, device: torch.device, deadline: float) -> dict:
+    """``run(indices)`` over ``n`` images in batches after one untimed warm-up batch, with the GPU monitored."""
     start = time.perf_counter()
-    generate(range(batch))  # warm-up: CUDA/cuDNN initialisation, not timed
-    warmup, gen_s, png_s, done = time.perf_counter() - start, 0.0, 0.0, 0
-    with GpuBusy(pipe.device) as busy:
+    run(np.arange(n, n + batch))  # warm-up: CUDA/cuDNN initialisation and compilation, not timed
+    warmup, done = time.perf_counter() - start, 0
+    with GpuMonitor(device) as monitor:
         start = time.perf_counter()
         for first in range(0, n, batch):
             if time.perf_counter() > deadline:
                 break
-            tick = time.perf_counter()
-            images = generate(range(first, min(first + batch, n)))
-            tock = time.perf_counter()
-            for i, image in enumerate(images):
-                image.save(folder / f"{first + i:08d}.png")
-            gen_s, png_s, done = gen_s + tock - tick, png_s + time.perf_counter() - tock, done + len(images)
+            run(np.arange(first, min(first + batch, n)))
+            done += min(batch, n - first)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
-    return {"images": done, "wall_s": wall, "warmup_s": warmup, "img_s": done / wall, "gpu_busy": busy.share,
-            "img_s_without_png": done / gen_s if gen_s else None, "png_s_per_image": png_s / max(done, 1),
-            "truncated": done < n}
+    return {"images": done, "wall_s": wall, "warmup_s": warmup, "img_s": done / wall, "batch": batch,
+            "truncated": done < n, **monitor.summary()}
 
 
-def run_ours(model, extractors: dict, args, n: int, folder: Path, deadline: float) -> dict:
+def best_batch(make_trial, make_final, candidates, n: int, device: torch.device, deadline: float) -> dict:
+    """The timed run of ``make_final(batch)`` at the fastest of ``candidates``, each tried first as
+    ``make_trial(batch)`` on two batches; every candidate's trial rate is kept.
+
+    Our side tries its candidates eagerly and compiles only the winner: each batch size is its own static graph.
+    """
+    rates = {}
+    for batch in candidates:
+        try:
+            rates[batch] = timed(make_trial(batch), 2 * batch, batch, device, deadline)["img_s"]
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            break
+    best = max(rates, key=rates.get)
+    return {**timed(make_final(best), n, best, device, deadline), "batch_rates": rates}
+
+
+def naive_generation(pipe, steps: int, cfg: float):
+    """The diffusers pipeline to uint8 images in host memory: ``output_type="np"`` then the uint8 conversion."""
+    def make(batch):
+        def run(indices):
+            images = pipe(prompts(indices), num_inference_steps=steps, guidance_scale=cfg, output_type="np").images
+            return (images * 255).round().astype(np.uint8)
+        return run
+    return make
+
+
+def ours_generation(sampler: Sampler):
+    """Our sampler to uint8 images in host memory (pinned, copied without draining the GPU's queue)."""
+    def make(batch):
+        def run(indices):
+            images, _ = sampler.decode_images(sampler.latents(prompts(indices), indices))
+            host = torch.empty(images.shape, dtype=images.dtype, pin_memory=images.is_cuda)
+            return host.copy_(images, non_blocking=True)
+        return run
+    return make
+
+
+def naive_end_to_end(pipe, n: int, batch: int, steps: int, cfg: float, folder: Path, extractors: dict,
+                     device: torch.device, deadline: float) -> dict:
+    """What the published evaluation scripts do: the pipeline writes PNGs, then clean-fid reads them back for the
+    FID features (``clean``) and the precision/recall features (``legacy_tensorflow``: resized inside the network),
+    and an open_clip pass reads them back for the CLIP score; the same networks as ours."""
+    from cleanfid.fid import get_folder_features
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+
+    def write(indices):
+        images = pipe(prompts(indices), num_inference_steps=steps, guidance_scale=cfg, output_type="pil").images
+        for index, image in zip(indices, images):
+            image.save(folder / f"{index:08d}.png")
+
+    result = timed(write, n, batch, device, deadline)
+    for png in folder.glob("*.png"):
+        if int(png.stem) >= n:  # the untimed warm-up batch's files are not evaluated
+            png.unlink()
+    begin, workers = time.perf_counter(), 0 if device.type == "cpu" else 8
+    with GpuMonitor(device) as monitor:
+        for role, mode in (("fid", "clean"), ("pr", "legacy_tensorflow")):
+            get_folder_features(str(folder), model=extractors[role].model, num_workers=workers, batch_size=batch,
+                                device=device, mode=mode, custom_image_tranform=center_crop_to_256, verbose=False)
+        files = sorted(folder.glob("*.png"))
+        for first in range(0, len(files), batch):
+            extractors["clip"].image_features(np.stack([center_crop_to_256(np.asarray(Image.open(f).convert("RGB")))
+                                                        for f in files[first:first + batch]]))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    features_s = time.perf_counter() - begin
+    wall = result["wall_s"] + features_s
+    return {**result, "generation_s": result["wall_s"], "features_s": features_s, "wall_s": wall,
+            "img_s": result["images"] / wall, "generation_gpu_busy": result["gpu_busy"],
+            "gpu_busy": _weighted(result["gpu_busy"], result["wall_s"], monitor.summary()["gpu_busy"], features_s)}
+
+
+def _weighted(a, wa, b, wb):
+    return None if a is None or b is None else (a * wa + b * wb) / (wa + wb)
+
+
+def center_crop_to_256(image: np.ndarray) -> np.ndarray:
+    """GigaGAN's ``custom_image_tranform`` for clean-fid: centre crop and PIL LANCZOS to 256 px (a module-level
+    function: clean-fid's data-loader workers receive it)."""
+    from PIL import Image
+
+    from bench.protocol import center_crop_resize
+
+    return np.asarray(center_crop_resize(Image.fromarray(image), 256))
+
+
+def ours_end_to_end(sampler: Sampler, extractors: dict, args, n: int, batch: int, folder: Path,
+                    deadline: float) -> dict:
+    """Our engine from captions to every image's FID, precision/recall and CLIP features in stored shards, every
+    feature worker warmed first (``FeaturePipeline.warm``)."""
     from bench.report import PngWriter
 
+    model = sampler.model
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    sampler = Sampler(model, seed=args.seed, compile=args.compile)
     pipeline = FeaturePipeline(sampler, to_metric_images, extractors, workers=args.workers)
-    store = SampleStore(folder / "store", n, args.shard_size, {"bench": "throughput", "spec": model.spec.to_dict()})
+    shard = -(-args.shard_size // batch) * batch
+    store = SampleStore(folder / "store", n, shard, {"bench": "throughput", "spec": model.spec.to_dict()})
     store.claim()
-    start, batch = time.perf_counter(), args.batch_size
-    pipeline.run(prompts(range(n, n + batch)), np.arange(n, n + batch), batch)  # warm-up: compile, autotune
-    warmup, done, busy = time.perf_counter() - start, 0, GpuBusy(model.device)
+    start = time.perf_counter()
+    warm = np.arange(n, n + batch)
+    pipeline.run(prompts(warm), warm, batch)  # warm-up: compile, autotune
+    pipeline.warm(sampler(prompts(warm), warm)[0])  # ... and every worker thread's first forward
+    warmup, done = time.perf_counter() - start, 0
     pipeline.saver = saver = PngWriter(folder / "png") if args.png else None  # after the warm-up: none of its PNGs
-    with busy:
+    with GpuMonitor(model.device) as monitor:
         start = time.perf_counter()
         work = ((shard, prompts(indices), indices) for shard in range(store.num_shards)
                 for indices in [store.shard_indices(shard)])
@@ -110,11 +204,11 @@ def run_ours(model, extractors: dict, args, n: int, folder: Path, deadline: floa
             saver.close()
         wall = time.perf_counter() - start
     pipeline.close()
-    result = {"images": done, "wall_s": wall, "warmup_s": warmup, "img_s": done / wall, "gpu_busy": busy.share,
-              "truncated": done < n, "compiled": args.compile}
+    result = {"images": done, "wall_s": wall, "warmup_s": warmup, "img_s": done / wall, "batch": batch,
+              "truncated": done < n, **monitor.summary()}
     if args.components and time.perf_counter() < deadline:
-        result["components_ms_per_image"] = component_times(sampler, extractors, batch, reps=3 if n_steps(model) == 1
-                                                            else 1)
+        result["components_ms_per_image"] = component_times(sampler, extractors, batch,
+                                                            reps=3 if n_steps(model) == 1 else 1)
     torch.backends.cudnn.benchmark = False
     return result
 
@@ -136,6 +230,7 @@ def component_times(sampler, extractors: dict, batch: int, reps: int) -> dict:
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def ms(fn):
+        fn()  # untimed: first calls pay for allocation, algorithm search or compilation
         sync()
         start = time.perf_counter()
         for _ in range(reps):
@@ -155,8 +250,9 @@ def component_times(sampler, extractors: dict, batch: int, reps: int) -> dict:
     return times
 
 
-def check_equivalence(plain_model, fast_model, inception, clip, args, n: int) -> dict:
-    """Plain path (eager, contiguous, fp32 CLIP, sequential) vs the fast path (FeaturePipeline with the levers)."""
+def check_equivalence(plain_model, fast_sampler: Sampler, inception, clip, args, n: int) -> dict:
+    """Plain path (eager, contiguous, fp32 CLIP, sequential) vs the fast path (``fast_sampler``, compiled or not,
+    in the FeaturePipeline with the levers), on the same seeds."""
     from bench.metrics.fid import fid_from_features
 
     batch, indices = args.batch_size, np.arange(n)
@@ -175,7 +271,7 @@ def check_equivalence(plain_model, fast_model, inception, clip, args, n: int) ->
     kept = {}  # the fast path's images, through FeaturePipeline's saver hook
     keep = SimpleNamespace(submit=lambda images, idx: kept.__setitem__(int(idx[0]), images.copy()))
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    pipeline = FeaturePipeline(Sampler(fast_model, seed=args.seed, compile=args.compile), to_metric_images,
+    pipeline = FeaturePipeline(fast_sampler, to_metric_images,
                                {"inception": inception, "clip": clip}, keep, workers=args.workers)
     fast = pipeline.run(prompts(indices), indices, batch)
     pipeline.close()
