@@ -75,8 +75,8 @@ def train_regression(teacher_dir: str | Path, out_dir: str | Path, config: Regre
     abar_t = float(abar[timestep])
     student = copy.deepcopy(components["unet"]).train().requires_grad_(True)
     params = list(student.parameters())
-    ema = EMAModel(params, decay=config.ema_decay)
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    ema = EMAModel(params, decay=config.ema_decay, foreach=True)
+    optimizer = torch.optim.Adam(params, lr=config.lr, foreach=True)  # torch's CPU default loops per tensor
     generator = torch.Generator().manual_seed(config.seed)
     running, train_start = None, time.time()
     for step in range(config.steps):

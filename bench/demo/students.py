@@ -20,7 +20,8 @@ Layout of ``<world root>/students``::
 
 Each folder gets ``bench_demo.json`` last (its settings key, timings and training summary), so a second call
 trains nothing and other settings are refused, as for the world. A run that is killed resumes from its last
-checkpoint (``.<name>.partial/``). Both trainings run at once, one thread each, when there are two cores.
+checkpoint (``.<name>.partial/``). When there are two cores, model A trains (one thread) while this process trains
+demo-turbo and then model B starts beside A; on one core they run one after the other.
 """
 
 import json
@@ -28,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +142,15 @@ def _start(job: _Job) -> None:
     job.started = time.time()
     with open(job.partial / "train.log", "a") as log, open(job.partial / "summary.json", "w") as out:
         job.process = subprocess.Popen(command, stdout=out, stderr=log, env=env)  # relative paths: caller cwd
+    threading.Thread(target=_note_end, args=(job,), daemon=True).start()
     _log(f"training {job.name} ({job.record['options']['max_steps']} steps) -> {job.final} "
          f"(log: {job.partial / 'train.log'})")
+
+
+def _note_end(job: _Job) -> None:
+    """The job's own end (its wall time), also while this process is busy with something else."""
+    job.process.wait()
+    job.ended = time.time()
 
 
 def _marker_partial(folder: Path) -> dict | None:
@@ -218,17 +227,19 @@ def _merge(a: Path, b: Path, final: Path, base: Path, key: dict) -> None:
 def ensure_students(world_root: str | Path = "results/demo", quick: bool = False) -> dict[str, Path]:
     """Train (once) demo-vsd-full and demo-vsd-lora-clip, and merge them into demo-merged.
 
-    ``world_root`` must hold a complete world of the same variant (``bench.demo.world.ensure_world``).
+    ``world_root`` must hold the world's teacher and extractors (``bench.demo.world.ensure_world``); a missing
+    demo-turbo is trained here (``ensure_turbo``), in this process while model A trains beside it.
     ``quick=True`` is the CI variant: 3 steps of each at batch 16, the same code paths (under a minute).
     Returns ``{"demo-vsd-full": folder, "demo-vsd-lora-clip": folder, "demo-merged": folder}``.
     """
     from bench.demo.data import PROMPTS
-    from bench.demo.world import folder_ready, world_paths
+    from bench.demo.teacher import MARKER
+    from bench.demo.world import ensure_turbo, folder_ready, world_paths
     from bench.hashing import file_sha256
 
     begin = time.time()
     world, paths = world_paths(world_root), student_paths(world_root)
-    for needed in (world.teacher, world.turbo, world.contrastive_loss):
+    for needed in (world.teacher, world.contrastive_loss):
         if not needed.exists():
             raise UserError(f"{needed} is missing: build the world first (bench.demo.world.ensure_world)")
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -241,35 +252,33 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     full = full_options(quick)
     full_key = dict(artefact="vsd-full", options=full, teacher_unet_sha256=teacher_sha, init="teacher")
     lora = lora_options(quick)
-    lora_key = dict(artefact="vsd-lora-clip", options=lora, teacher_unet_sha256=teacher_sha, init="turbo",
-                    init_unet_sha256=file_sha256(_unet_file(world.turbo)),
-                    clip_sha256=file_sha256(world.contrastive_loss), tau_quantile=TAU_QUANTILE)
 
     jobs = []
-    if not folder_ready(paths.vsd_full, full_key):
-        jobs.append(_Job("demo-vsd-full", paths.vsd_full, paths.root / ".vsd-full.partial", full_key,
-                         _argv({**common, **full, "student_init": str(world.teacher)}),
-                         {"artefact": "vsd-full", "options": full}))
-    if not folder_ready(paths.vsd_lora_clip, lora_key):
-        tau, stats = clip_tau(world.turbo, world.contrastive_loss)
-        _log(f"clamped CLIP stand-in: tau = {tau} (the {TAU_QUANTILE:g} quantile of demo-turbo's cosines {stats})")
-        jobs.append(_Job("demo-vsd-lora-clip", paths.vsd_lora_clip, paths.root / ".vsd-lora-clip.partial", lora_key,
-                         _argv({**common, **lora, "student_init": str(world.turbo), "clip_tau": tau,
-                                "clip_pretrained": str(world.contrastive_loss)}),
-                         {"artefact": "vsd-lora-clip", "options": {**lora, "clip_tau": tau}, "tau": stats}))
     parallel = (os.cpu_count() or 1) >= 2
     try:
-        for job in jobs:
-            _start(job)
+        if not folder_ready(paths.vsd_full, full_key):
+            jobs.append(_Job("demo-vsd-full", paths.vsd_full, paths.root / ".vsd-full.partial", full_key,
+                             _argv({**common, **full, "student_init": str(world.teacher)}),
+                             {"artefact": "vsd-full", "options": full}))
+            _start(jobs[-1])
             if not parallel:
-                _wait(job)
-        while parallel:  # note each job's own end: its wall time
-            for job in jobs:
-                if job.ended is None and job.process.poll() is not None:
-                    job.ended = time.time()
-            if all(job.ended is not None for job in jobs):
-                break
-            time.sleep(0.2)
+                _wait(jobs[-1])
+        if not (world.turbo / MARKER).exists():  # model B's init: trained here (one thread) while A trains
+            ensure_turbo(world_root, quick)
+        lora_key = dict(artefact="vsd-lora-clip", options=lora, teacher_unet_sha256=teacher_sha, init="turbo",
+                        init_unet_sha256=file_sha256(_unet_file(world.turbo)),
+                        clip_sha256=file_sha256(world.contrastive_loss), tau_quantile=TAU_QUANTILE)
+        if not folder_ready(paths.vsd_lora_clip, lora_key):
+            tau, stats = clip_tau(world.turbo, world.contrastive_loss)
+            _log(f"clamped CLIP stand-in: tau = {tau} (the {TAU_QUANTILE:g} quantile of demo-turbo's cosines "
+                 f"{stats})")
+            jobs.append(_Job("demo-vsd-lora-clip", paths.vsd_lora_clip, paths.root / ".vsd-lora-clip.partial",
+                             lora_key, _argv({**common, **lora, "student_init": str(world.turbo), "clip_tau": tau,
+                                              "clip_pretrained": str(world.contrastive_loss)}),
+                             {"artefact": "vsd-lora-clip", "options": {**lora, "clip_tau": tau}, "tau": stats}))
+            _start(jobs[-1])
+            if not parallel:
+                _wait(jobs[-1])
         if parallel:
             for job in jobs:
                 _wait(job)

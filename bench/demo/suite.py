@@ -47,8 +47,8 @@ def demo_suite(config) -> Suite:
     if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
         torch.set_num_threads(1)  # the demo's models are tiny: threads only add contention (docs/demo.md)
     variant = "demo-quick" if config.quick else "demo"
-    world = _one_thread(ensure_world, Path("results") / variant / "world", quick=config.quick)
-    _one_thread(ensure_students, world.root, quick=config.quick)  # its trainings: subprocesses on one thread each
+    world = _one_thread(ensure_world, Path("results") / variant / "world", quick=config.quick, turbo=False)
+    _one_thread(ensure_students, world.root, quick=config.quick)  # demo-turbo here, A and B in subprocesses
     n = config.n or (600 if config.quick else 1800)
     protocol = demo_protocol(samples_per_prompt=-(-n // 10))
     if len(protocol.captions) != n:

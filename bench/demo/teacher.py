@@ -216,8 +216,8 @@ def train_teacher(out_dir: str | Path, tokenizer_dir: str | Path, config: Teache
     unet.train()
     text_encoder.train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema = EMAModel(params, decay=config.ema_decay)
-    optimizer = torch.optim.AdamW(params, lr=config.lr)
+    ema = EMAModel(params, decay=config.ema_decay, foreach=True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, foreach=True)  # torch's CPU default loops per tensor
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     noise_scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
                                        if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")})

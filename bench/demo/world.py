@@ -232,11 +232,12 @@ def ensure_turbo(root: str | Path = "results/demo", quick: bool = False) -> Path
     return _ensure_pipeline(path, key, train)
 
 
-def ensure_world(root: str | Path = "results/demo", quick: bool = False) -> DemoWorld:
+def ensure_world(root: str | Path = "results/demo", quick: bool = False, turbo: bool = True) -> DemoWorld:
     """Everything of the demo world under ``root``, training (with fixed seeds) only what is missing.
 
     ``quick=True`` is the CI variant (about 2 minutes on 2 cores): far fewer steps, the same code paths.
-    A root holds one variant; asking for the other raises ``UserError``.
+    A root holds one variant; asking for the other raises ``UserError``. ``turbo=False`` leaves demo-turbo to
+    ``bench.demo.students.ensure_students``, which trains it while model A trains beside it.
     """
     start = time.time()
     ensure_tokenizer(root)
@@ -244,6 +245,7 @@ def ensure_world(root: str | Path = "results/demo", quick: bool = False) -> Demo
     ensure_contrastive(root, quick)
     ensure_contrastive(root, quick, loss=True)
     ensure_teacher(root, quick)
-    ensure_turbo(root, quick)
+    if turbo:
+        ensure_turbo(root, quick)
     _log(f"demo world ready in {root} ({time.time() - start:.0f} s{', quick' if quick else ''})")
     return world_paths(root)
