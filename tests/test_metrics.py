@@ -279,6 +279,17 @@ def test_kid_is_deterministic_for_a_seed():
     assert kid.kid_from_features(a, b, num_subsets=10, subset_size=100, seed=8) != first
 
 
+def test_kid_from_whole_set_kernels_equals_kernels_per_subset(monkeypatch):
+    """The small-set path (three whole-set kernels, subsets summed from them) against the per-subset path."""
+    rng = np.random.default_rng(43)
+    a, b = gaussian_features(rng, 300, 16), gaussian_features(rng, 250, 16, shift=0.2)
+    whole = kid.kid_from_features(a, b, num_subsets=50, subset_size=100, seed=3)
+    monkeypatch.setattr(kid, "WHOLE_KERNEL_ENTRIES", 0)
+    per_subset = kid.kid_from_features(a, b, num_subsets=50, subset_size=100, seed=3)
+    assert whole == pytest.approx(per_subset, rel=1e-9)
+    assert whole[1] > 0
+
+
 def test_kid_with_one_full_subset_equals_torch_fidelity_and_cleanfid_exactly():
     # One subset of all samples is a permutation, and the unbiased MMD^2 does not depend on order.
     rng = np.random.default_rng(41)
