@@ -464,9 +464,10 @@ def test_browser_demo_pages(browser, name):
         if name == "demo.html":
             markdown = path.with_suffix(".md")
             expect = []
-            if markdown.exists():  # the first column of the markdown table, which lists every model
-                lines = [line for line in markdown.read_text().splitlines() if line.startswith("| ")]
-                expect = [line.split("|")[1].strip() for line in lines[1:] if not line.startswith("|---")]
+            if markdown.exists():  # the first column of the first markdown table, which lists every model
+                text = markdown.read_text()
+                table = text[text.index("\n| model |"):].strip().split("\n\n")[0].splitlines()
+                expect = [line.split("|")[1].strip() for line in table[2:]]
             check_run_page(browser, path, expect_models=expect)
         else:
             check_sweep_page(browser, path)
