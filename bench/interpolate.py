@@ -81,6 +81,7 @@ def merge_unets(unet_a: torch.nn.Module, unet_b: torch.nn.Module, lam: float) ->
     if structural:
         raise ValueError(f"the two UNets have different architectures (config differs in {', '.join(structural[:5])})")
     merged = merge_state_dicts(unet_a.state_dict(), unet_b.state_dict(), lam)
-    out = copy.deepcopy(unet_a).to(next(iter(merged.values())).dtype)
+    out, dtype = copy.deepcopy(unet_a), next(iter(merged.values())).dtype
+    out = out if out.dtype == dtype else out.to(dtype)
     out.load_state_dict(merged)
     return out

@@ -68,7 +68,9 @@ def merged_loader(spec_a, spec_b, w: float, device: str, dtype: str | None, cach
         except ValueError as error:
             raise UserError(f"cannot merge {spec_a.name} and {spec_b.name}: {error}") from error
         model = cache["a"]
-        unet = unet.to(model.device, model.dtype).eval().requires_grad_(False)
+        # dtype only when it changes: diffusers warns on every .to(dtype), even to the model's own dtype
+        unet = unet.to(model.device) if unet.dtype == model.dtype else unet.to(model.device, model.dtype)
+        unet = unet.eval().requires_grad_(False)
         return dataclasses.replace(model, unet=unet, spec=dataclasses.replace(model.spec, name=f"w={w:g}"))
 
     return load
