@@ -148,7 +148,6 @@ def test_onestep_x0_matches_hand_computation():
 
 def test_kill_and_resume_gives_the_same_result(world, tmp_path):
     multi = f"multi={world['multi']}"
-    slow = ["--models", multi, *common(world, tmp_path / "x", n=N_IMAGES)]
     # A 20-step model so that a shard takes long enough to kill the run between shards.
     spec_args = lambda out: ["--models", multi, *common(world, out)]  # noqa: E731
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -160,10 +159,8 @@ def test_kill_and_resume_gives_the_same_result(world, tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert slow  # the same arguments as the uninterrupted run below
     done = {p.name: p.stat().st_mtime_ns for p in (killed / "multi").glob("shard-*.npz")}
     assert "shard-00000.npz" in done and len(done) < 3, "the run was not interrupted between shards"
-    assert not list((killed / "multi").glob("*.tmp")) or True  # a killed writer may leave a temp file, never a shard
 
     run_bench(spec_args(killed), cwd=tmp_path)
     for name, mtime in done.items():  # completed shards were not regenerated
