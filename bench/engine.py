@@ -35,7 +35,7 @@ from bench.store import (
     read_store,
     remove_stale_temporaries,
 )
-from bench.suites import RunConfig, Suite
+from bench.suites import RunConfig, Suite, extra_seeds
 
 # Ranks meet once after generation: one rank may still have a shard per model left (3 SD 2.1 cfg rows on an
 # H100: ~8 min; a resume can leave one rank far more), past NCCL's default 10-minute barrier timeout.
@@ -166,34 +166,32 @@ def generate(model: ModelRun, jobs: list[Job], protocol, extractors: dict, confi
 
     main = jobs[0].store
     grid_path, png_folder = main.root / "grid.npz", main.root / "images"
-    missing = {job.kind + str(job.seed): job.store.pending(rank, world) for job in jobs}
-    pending = dict(missing)
+    missing = [job.store.pending(rank, world) for job in jobs]  # shards without features, per job
+    pending = list(missing)  # shards to generate, per job
     if config.save_images:  # a shard made without --save-images, or killed before its PNGs, is made again
-        pending["main" + str(jobs[0].seed)] = [s for s in range(rank, main.num_shards, world) if s in missing[
-            "main" + str(jobs[0].seed)] or any(not (png_folder / f"{i:08d}.png").exists()
-                                               for i in main.shard_indices(s))]
+        pending[0] = [s for s in range(rank, main.num_shards, world) if s in missing[0] or any(
+            not (png_folder / f"{i:08d}.png").exists() for i in main.shard_indices(s))]
     need_grid = rank == 0 and config.grid and not grid_is_current(grid_path, grid_indices(main.n, config.grid))
-    if not any(pending.values()) and not need_grid:
+    if not any(pending) and not need_grid:
         return {}
     timings, begin = {}, time.perf_counter()
     sampler = Sampler(load(model, config, device), seed=config.seed, compile=config.compile)
     timings["load_s"] = time.perf_counter() - begin
     begin = time.perf_counter()
-    total = sum(len(job.store.shard_indices(s)) for job in jobs for s in pending[job.kind + str(job.seed)])
+    total = sum(len(job.store.shard_indices(s)) for job, shards in zip(jobs, pending) for s in shards)
     with tqdm(total=total, unit="img", desc=model.spec.name, disable=total == 0, file=sys.stderr) as bar:
-        for job in jobs:
-            key = job.kind + str(job.seed)
-            if not pending[key]:
+        for job, shards, without_features in zip(jobs, pending, missing):
+            if not shards:
                 continue
             sampler.seed = job.seed
             saver = report.PngWriter(png_folder) if config.save_images and job.kind == "main" else None
             pipeline = FeaturePipeline(sampler, protocol.to_metric_images, extractors, saver)
             work = [(shard, [job.captions[j] for j in indices], indices)
-                    for shard in pending[key] for indices in [job.store.shard_indices(shard)]]
+                    for shard in shards for indices in [job.store.shard_indices(shard)]]
             for shard, arrays in pipeline.run_shards(work, config.batch_size, bar.update):
                 if saver:  # a shard on disk promises its PNGs: a run killed now resumes with both
                     saver.wait(job.store.shard_indices(shard))
-                if shard in missing[key]:  # a complete shard is kept as it is, even when its PNGs were remade
+                if shard in without_features:  # a complete shard is kept as it is, even when its PNGs were remade
                     job.store.write_features(shard, arrays)
             pipeline.close()
             if saver:
@@ -253,11 +251,6 @@ def model_jobs(model: ModelRun, protocol, config: RunConfig, run_level: dict, ge
         jobs.append(Job("diversity", SampleStore(root / "diversity", len(captions), shard_size, fingerprint),
                         captions, config.seed + DIVERSITY_SEED))
     return jobs
-
-
-def extra_seeds(config: RunConfig) -> list[int]:
-    seeds = [int(s) for s in config.seeds.split(",") if s.strip()] if config.seeds else []
-    return [seed for seed in dict.fromkeys(seeds) if seed != config.seed]
 
 
 def score(spec, jobs: list[Job], suite: Suite, reference: dict, texts: dict, config: RunConfig,

@@ -117,6 +117,17 @@ SUITES: dict[str, SuiteEntry] = {
 }
 
 
+def extra_seeds(config: RunConfig) -> list[int]:
+    """The distinct ``--seeds`` other than ``--seed``, in order; a malformed or empty list is one line."""
+    try:
+        seeds = [int(s) for s in config.seeds.split(",") if s.strip()] if config.seeds else []
+    except ValueError:
+        raise UserError(f"--seeds {config.seeds!r}: expected comma-separated integers, e.g. 1,2") from None
+    if config.seeds and not seeds:
+        raise UserError("--seeds is empty: name at least one seed, e.g. 1,2")
+    return [seed for seed in dict.fromkeys(seeds) if seed != config.seed]
+
+
 def check(config: RunConfig) -> None:
     """Options that no suite could use, or that this suite would silently ignore: one line each."""
     for name in ("n", "batch_size", "shard_size", "grid", "gallery"):
@@ -125,12 +136,7 @@ def check(config: RunConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if config.n is not None and config.n <= PR_K:
         raise UserError(f"--n {config.n}: precision/recall with k = {PR_K} needs more than {PR_K} samples")
-    try:
-        seeds = [int(s) for s in config.seeds.split(",") if s.strip()] if config.seeds else []
-    except ValueError:
-        raise UserError(f"--seeds {config.seeds!r}: expected comma-separated integers, e.g. 1,2") from None
-    if config.seeds and not seeds:
-        raise UserError("--seeds is empty: name at least one seed, e.g. 1,2")
+    extra_seeds(config)
     if config.diversity == 1 or config.diversity < 0:
         raise UserError(f"--diversity {config.diversity}: K seeds per prompt need K >= 2 (0 turns it off)")
     if config.diversity_prompts is not None and (config.diversity_prompts < 2 or not config.diversity):
