@@ -343,10 +343,14 @@ def run_models(config: RunConfig, suite: Suite, models: list[ModelRun], state, d
             results[spec.name], per_sample[spec.name], details[spec.name] = score(
                 spec, jobs[spec.name], suite, reference, texts, config, device)
         small_samples += [str(w.message) for w in caught if w.category.__name__ == "SmallSampleWarning"]
-        if spec.name in earlier_names:
-            kept = (read_json(out / spec.name / "metrics.json") or {}).get("metrics", {})
-            results[spec.name] = {**{k: v for k, v in kept.items() if "_seeds_" in k or "diversity" in k},
-                                  **results[spec.name]}
+        if spec.name in earlier_names:  # its seeds and diversity stay as the run that made them left them
+            kept = read_json(out / spec.name / "metrics.json") or {}
+            results[spec.name] = {**{k: v for k, v in kept.get("metrics", {}).items()
+                                     if k == "seeds" or "_seeds_" in k or "diversity" in k}, **results[spec.name]}
+            if "diversity" in kept.get("details", {}):
+                details[spec.name]["diversity"] = kept["details"]["diversity"]
+                per_sample[spec.name] |= {path.stem: np.load(path)
+                                          for path in (out / spec.name).glob("diversity_*_per_prompt.npy")}
         results[spec.name]["metrics_s"] = time.perf_counter() - begin
     noise = within_noise(specs, results, suite.scorer.columns)
     for spec in specs:

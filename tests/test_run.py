@@ -447,3 +447,9 @@ def test_extra_seeds_and_diversity_are_stored_apart_reported_and_recomputed(worl
     again = pd.read_csv(out / "table.csv").set_index("model")
     columns = ["fid", "fid_lo", "fid_seeds_mean", "fid_seeds_std", "diversity_clip", "diversity_inception"]
     pd.testing.assert_series_equal(table.loc["one", columns], again.loc["one", columns])
+
+    # Another model into the same folder: "one" is an earlier model now and keeps its diversity row.
+    run_bench(["--models", f"multi={world['multi']}", *common(world, out, n=12)], cwd=tmp_path)
+    report = (tmp_path / "run.md").read_text()
+    assert "| one | " in report.split("Per-prompt diversity")[1] and "| multi |" in report
+    assert "| one | 3 |" in report.split("Across noise seeds")[1]
