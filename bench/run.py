@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench import config as config_cli
 from bench import engine, suites
-from bench.errors import exit_on_user_error
+from bench.errors import UserError, exit_on_user_error
 from bench.suites import RunConfig
 
 EPILOG = """examples:
@@ -30,11 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(config: RunConfig) -> None:
+def run(config: RunConfig, argv: list[str]) -> None:
+    """Run ``config`` (parsed from ``argv``). With ``--processes`` N > 1 on a CPU the suite is prepared here (the
+    demo world trained), then the command runs again as N processes that share the generation."""
     from bench.sweep import run_sweep
 
     state, device = engine.start(config)
     suite, config = suites.build(engine.with_device_defaults(config, device))
+    if config.processes > 1 and state.num_processes == 1 and not config.metrics_only:
+        if device != "cpu":
+            raise UserError(f"--processes {config.processes} is for CPU runs: on GPUs use accelerate launch "
+                            "--num_processes N -m bench.run ...")
+        from bench.processes import relaunch
+
+        raise SystemExit(relaunch("bench.run", argv, config.processes))
     engine.run_table(config, suite, state, device)
     if config.models:
         return
@@ -48,12 +57,13 @@ def run(config: RunConfig) -> None:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     from bench.load import hide_library_progress_bars
 
     hide_library_progress_bars()
     with exit_on_user_error("bench.run"):
-        run(config_cli.from_namespace(RunConfig, args))
+        run(config_cli.from_namespace(RunConfig, args), argv)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class RunConfig:
     out: str | None = option(None, "run folder (default results/<suite>)")
     report: str | None = option(None, "markdown report path (default reports/<run folder name>.md)")
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ...")
+    processes: int | None = option(None, "CPU processes that share the generation, one thread each (default: the "
+                                         "demo suite's one per core up to 2, else 1); for GPUs use accelerate launch")
     dtype: str | None = option(None, "generation dtype (default: the model's)",
                                choices=["float16", "bfloat16", "float32"])
     compile: bool | None = option(None, "torch.compile the UNet and VAE decoder (default: on a GPU; a failed compile "
@@ -95,6 +97,7 @@ class Suite:
     batch_size: int
     shard_size: int
     gallery: int = 300  # captions in the HTML report's side-by-side viewer
+    processes: int = 1  # CPU processes that generate (bench.processes) unless --processes says otherwise
     notes: str = ""  # printed under the table
     sweeps: tuple[SweepSpec, ...] = ()
     scorer: Scorer = COCO  # what is measured, the table's columns and the paper's numbers beside them
@@ -130,7 +133,7 @@ def extra_seeds(config: RunConfig) -> list[int]:
 
 def check(config: RunConfig) -> None:
     """Options that no suite could use, or that this suite would silently ignore: one line each."""
-    for name in ("n", "batch_size", "shard_size", "grid", "gallery"):
+    for name in ("n", "batch_size", "shard_size", "grid", "gallery", "processes"):
         value = getattr(config, name)
         if value is not None and value < (0 if name in ("grid", "gallery") else 1):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -159,7 +162,7 @@ def build(config: RunConfig) -> tuple[Suite, RunConfig]:
     out = config.out or str(suite.out)
     resolved = dataclasses.replace(
         config, n=len(suite.protocol.captions), batch_size=config.batch_size or suite.batch_size,
-        shard_size=config.shard_size or suite.shard_size, out=out,
+        shard_size=config.shard_size or suite.shard_size, out=out, processes=config.processes or suite.processes,
         gallery=config.gallery if config.gallery is not None else suite.gallery,
         report=config.report or str(Path("reports") / f"{Path(out).name}.md"))
     return suite, resolved

@@ -35,13 +35,6 @@ def single_threaded():
         torch.set_num_threads(torch_threads)
 
 
-def free_port() -> int:
-    """A loopback port no one listens on: two-process tests of parallel pytest workers must not share 29500."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Tests never reach the network: any connection outside loopback fails at once."""

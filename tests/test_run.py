@@ -25,7 +25,7 @@ from bench.run import build_parser
 from bench.sampling import alphas_cumprod, sample_noise, x0_from_eps
 from bench.suites import RunConfig
 from bench.testing import make_tiny_pipeline
-from tests.conftest import free_port
+from bench.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDINS = ["--fid-features", "tests.standins:PixelStats", "--clip-features", "tests.standins:HashedText"]

@@ -18,7 +18,7 @@ from bench.sampling import alphas_cumprod, onestep_timestep, onestep_x0, sample_
 from bench.testing import make_tiny_pipeline, make_tiny_taesd, write_tiny_open_clip
 from distill import probe, train
 from distill.utils import write_real_pairs
-from tests.conftest import free_port
+from bench.processes import free_port
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]

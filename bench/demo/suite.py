@@ -4,6 +4,7 @@ Trains what is missing (cached under ``results/demo/world``), then evaluates; th
 weight-interpolation sweeps of ``SWEEPS``.
 """
 
+import os
 from pathlib import Path
 
 from bench.errors import UserError
@@ -42,13 +43,23 @@ def demo_suite(config) -> Suite:
     from bench.demo.models import demo_models
     from bench.demo.protocol import demo_protocol
     from bench.demo.students import ensure_students, student_models, student_paths
-    from bench.demo.world import ensure_world
+    from bench.demo.world import ensure_world, world_paths
 
-    if config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()):
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    if on_cpu:
         torch.set_num_threads(1)  # the demo's models are tiny: threads only add contention (docs/demo.md)
     variant = "demo-quick" if config.quick else "demo"
-    world = _one_thread(ensure_world, Path("results") / variant / "world", quick=config.quick, turbo=False)
-    _one_thread(ensure_students, world.root, quick=config.quick)  # demo-turbo here, A and B in subprocesses
+    root = Path("results") / variant / "world"
+    # Under a launcher (--processes, torchrun) rank 0 trains what is missing while the other ranks wait.
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
+    if rank:
+        torch.distributed.barrier()
+    else:
+        _one_thread(ensure_world, root, quick=config.quick, turbo=False)
+        _one_thread(ensure_students, root, quick=config.quick)  # demo-turbo here, A and B in subprocesses
+    if rank == 0:
+        torch.distributed.barrier()
+    world = world_paths(root)
     n = config.n or (600 if config.quick else 1800)
     protocol = demo_protocol(samples_per_prompt=-(-n // 10))
     if len(protocol.captions) != n:
@@ -68,8 +79,8 @@ def demo_suite(config) -> Suite:
             "CLIP model": "demo-contrastive", "CLIP prefix": repr(protocol.clip_prefix)}
     return Suite(name="demo", title="Offline demo world (digits)", protocol=protocol, registry=registry,
                  default_models=tuple(name for name in registry if name.startswith("demo-")), extractors=extractors,
-                 out=Path("results") / variant, batch_size=100, shard_size=200, notes=notes, sweeps=SWEEPS,
-                 card=card)
+                 out=Path("results") / variant, batch_size=100, shard_size=100, notes=notes, sweeps=SWEEPS,
+                 card=card, processes=min(2, os.cpu_count() or 1) if on_cpu else 1)
 
 
 def _one_thread(train, *args, **kwargs):

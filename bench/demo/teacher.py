@@ -140,6 +140,31 @@ def generate(components: dict, prompts: list[str], seed: int = 0, steps: int = 2
     return np.concatenate(out)
 
 
+class UsedRows(torch.nn.Module):
+    """The rows of a token-embedding table that ``ids`` use, trained in its place.
+
+    The other rows of CLIP's 49,408 never reach an output, so their gradient is zero; leaving them out of the
+    optimizer, the EMA and the gradient all-reduce makes the same updates of the rows that matter at a third of
+    the parameters. ``write_back`` puts the trained rows into the full table (the others keep their init).
+    """
+
+    def __init__(self, table: torch.nn.Embedding, ids: torch.Tensor):
+        super().__init__()
+        self.register_buffer("rows", torch.unique(ids), persistent=False)
+        lookup = torch.full((table.num_embeddings,), -1, dtype=torch.long)
+        lookup[self.rows] = torch.arange(len(self.rows))
+        self.register_buffer("lookup", lookup, persistent=False)
+        self.weight = torch.nn.Parameter(table.weight.detach()[self.rows].clone())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(self.lookup[ids], self.weight)
+
+    def write_back(self, table: torch.nn.Embedding) -> torch.nn.Embedding:
+        with torch.no_grad():
+            table.weight[self.rows] = self.weight
+        return table
+
+
 def write_pipeline(out_dir: str | Path, unet, text_encoder, tokenizer_dir: str | Path) -> None:
     """A ``StableDiffusionPipeline`` folder: model_index.json and unet/ text_encoder/ tokenizer/ scheduler/ vae/."""
     import diffusers
@@ -170,15 +195,36 @@ def write_pipeline(out_dir: str | Path, unet, text_encoder, tokenizer_dir: str |
     (out_dir / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
 
 
-def update(loss: torch.Tensor, optimizer, params: list, ema, lr_schedule=None) -> None:
-    """One optimizer step with grad clip 1 and the EMA update (the teacher's and the regression student's)."""
+def update(loss: torch.Tensor, optimizer, params: list, ema, lr_schedule=None, average_over: int = 1) -> None:
+    """One optimizer step with grad clip 1 and the EMA update (the teacher's and the regression student's).
+
+    ``average_over > 1``: the gradients (and ``loss``, for the log) are first averaged over that many processes,
+    each of which computed its loss on an equal slice of the batch.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if average_over > 1:
+        _average(params, loss, average_over)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     if lr_schedule is not None:
         lr_schedule.step()
     ema.step(params)
+
+
+def _average(params: list, loss: torch.Tensor, processes: int) -> None:
+    """All-reduce the gradients and the loss in one flat buffer (gloo), divided by the number of processes."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1)])
+    dist.all_reduce(flat)
+    flat /= processes
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g)
+        offset += g.numel()
+    loss.data.copy_(flat[-1])
 
 
 def progress(name: str, step: int, steps: int, loss: torch.Tensor, running: float | None, start: float, log) -> float:
@@ -201,20 +247,53 @@ def _lr_lambda(config: TeacherConfig):
 
 
 def train_teacher(out_dir: str | Path, tokenizer_dir: str | Path, config: TeacherConfig = TeacherConfig(),
-                  log=log_stderr) -> Path:
+                  log=log_stderr, processes: int = 1) -> Path:
     """Train the teacher from scratch and write its pipeline folder (EMA weights) to ``out_dir``.
 
-    Writes into ``out_dir`` directly; callers that need atomicity pass a temporary folder and rename it.
+    ``processes > 1`` splits every batch over that many CPU processes (one thread each, gloo): each draws the
+    whole batch from the same generator, computes the loss of its own slice, and the gradients are averaged, so
+    the updates are those of one process up to float rounding. Writes into ``out_dir`` directly; callers that need
+    atomicity pass a temporary folder and rename it.
     """
+    if config.batch_size % processes:
+        raise ValueError(f"batch size {config.batch_size} does not split over {processes} processes")
+    start = time.time()
+    if processes == 1:
+        _train_rank(0, 1, None, out_dir, tokenizer_dir, config, log)
+    else:
+        import tempfile
+
+        import torch.multiprocessing
+
+        with tempfile.TemporaryDirectory() as rendezvous:
+            torch.multiprocessing.spawn(_train_rank, nprocs=processes, args=(
+                processes, Path(rendezvous) / "store", out_dir, tokenizer_dir, config, log))
+    seconds = time.time() - start
+    marker = dict(artefact="teacher", config=asdict(config), processes=processes, train_seconds=round(seconds, 1))
+    (Path(out_dir) / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    log(f"teacher trained in {seconds:.0f} s ({processes} process{'es' if processes > 1 else ''}) -> {out_dir}")
+    return Path(out_dir)
+
+
+def _train_rank(rank: int, processes: int, rendezvous: Path | None, out_dir, tokenizer_dir, config: TeacherConfig,
+                log) -> None:
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
     from transformers import CLIPTokenizer
 
+    if processes > 1:
+        import torch.distributed as dist
+
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=processes)
     start = time.time()
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     unet, text_encoder = build_unet(config), build_text_encoder(config)
     unet.train()
     text_encoder.train()
+    ids = tokenize(tokenizer, list(PROMPTS) + [EMPTY_PROMPT])  # row 10 is the empty prompt
+    token_table = text_encoder.get_input_embeddings()
+    text_encoder.set_input_embeddings(UsedRows(token_table, ids))
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = EMAModel(params, decay=config.ema_decay, foreach=True)
     optimizer = torch.optim.AdamW(params, lr=config.lr, foreach=True)  # torch's CPU default loops per tensor
@@ -224,8 +303,8 @@ def train_teacher(out_dir: str | Path, tokenizer_dir: str | Path, config: Teache
 
     images, labels = digits()
     images, labels = torch.from_numpy(images)[:, None], torch.from_numpy(labels)
-    ids = tokenize(tokenizer, list(PROMPTS) + [EMPTY_PROMPT])  # row 10 is the empty prompt
     generator = torch.Generator().manual_seed(config.seed)
+    mine = slice(rank * config.batch_size // processes, (rank + 1) * config.batch_size // processes)
     running = None
     for step in range(config.steps):
         batch = torch.randint(0, len(images), (config.batch_size,), generator=generator)
@@ -233,17 +312,18 @@ def train_teacher(out_dir: str | Path, tokenizer_dir: str | Path, config: Teache
         label[torch.rand(config.batch_size, generator=generator) < config.uncond_prob] = 10
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
+        x0, label, noise, t = x0[mine], label[mine], noise[mine], t[mine]
         noisy = noise_scheduler.add_noise(x0, noise, t)
         cond = text_encoder(ids)[0][label]  # the 11 distinct prompts once, then gathered per sample
         loss = torch.nn.functional.mse_loss(unet(noisy, t, encoder_hidden_states=cond).sample, noise)
-        update(loss, optimizer, params, ema, lr_schedule)
-        running = progress("teacher", step, config.steps, loss, running, start, log)
-    ema.copy_to(params)
-    unet.eval()
-    text_encoder.eval()
-    write_pipeline(out_dir, unet, text_encoder, tokenizer_dir)
-    seconds = time.time() - start
-    marker = dict(artefact="teacher", config=asdict(config), train_seconds=round(seconds, 1))
-    (Path(out_dir) / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    log(f"teacher trained in {seconds:.0f} s -> {out_dir}")
-    return Path(out_dir)
+        update(loss, optimizer, params, ema, lr_schedule, average_over=processes)
+        if rank == 0:
+            running = progress("teacher", step, config.steps, loss, running, start, log)
+    if rank == 0:
+        ema.copy_to(params)
+        text_encoder.set_input_embeddings(text_encoder.get_input_embeddings().write_back(token_table))
+        unet.eval()
+        text_encoder.eval()
+        write_pipeline(out_dir, unet, text_encoder, tokenizer_dir)
+    if processes > 1:
+        dist.destroy_process_group()

@@ -1,0 +1,44 @@
+"""``--processes N`` on a CPU: the same command again as N processes of one gloo group, one thread each.
+
+A CPU's cores are used by processes rather than threads: the demo's models are too small for a second thread to
+pay (``docs/demo.md``), while two processes generate two shards at once. The ranks get torchrun's environment
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` ...), so the engine shards the work exactly as under ``torchrun`` or
+``accelerate launch``; the samples do not depend on the number of processes (``bench.sampling``).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def relaunch(module: str, argv: list[str], processes: int) -> int:
+    """Run ``python -m module argv`` as ``processes`` ranks; their exit code (the first failure's, if any).
+
+    A rank that fails stops the others, so no rank waits at a barrier for a partner that is gone.
+    """
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(processes),
+           "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-m", module, *argv],
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(processes)]
+    try:
+        while True:
+            codes = [rank.poll() for rank in ranks]
+            if failed := [code for code in codes if code not in (None, 0)]:
+                return failed[0] if failed[0] > 0 else 128 - failed[0]  # killed by signal N: 128 + N, as a shell
+            if all(code == 0 for code in codes):
+                return 0
+            time.sleep(0.2)
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.terminate()
+        for rank in ranks:
+            rank.wait()
