@@ -179,7 +179,8 @@ def generate(model: ModelRun, jobs: list[Job], protocol, extractors: dict, confi
     timings["load_s"] = time.perf_counter() - begin
     begin = time.perf_counter()
     total = sum(len(job.store.shard_indices(s)) for job, shards in zip(jobs, pending) for s in shards)
-    with tqdm(total=total, unit="img", desc=model.spec.name, disable=total == 0, file=sys.stderr) as bar:
+    with tqdm(total=total, unit="img", desc=model.spec.name, disable=total == 0 or rank != 0,  # one bar per run
+              file=sys.stderr) as bar:
         for job, shards, without_features in zip(jobs, pending, missing):
             if not shards:
                 continue

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -24,8 +25,11 @@ def relaunch(module: str, argv: list[str], processes: int) -> int:
 
     A rank that fails stops the others, so no rank waits at a barrier for a partner that is gone.
     """
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(processes),
-           "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    package_root = str(Path(__file__).resolve().parents[1])  # this checkout, installed or not
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
     ranks = [subprocess.Popen([sys.executable, "-m", module, *argv],
                               env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(processes)]
     try:

@@ -43,7 +43,9 @@ def run(config: RunConfig, argv: list[str]) -> None:
                             "--num_processes N -m bench.run ...")
         from bench.processes import relaunch
 
-        raise SystemExit(relaunch("bench.run", argv, config.processes))
+        if code := relaunch("bench.run", argv, config.processes):
+            raise SystemExit(code)  # the ranks have printed why
+        return
     engine.run_table(config, suite, state, device)
     if config.models:
         return

@@ -255,3 +255,37 @@ def test_ensure_world_caches_and_refuses_other_settings(tmp_path, tokenizer_dir,
 
     assert demo_classifier(root=str(root)).weights == first.classifier
     assert demo_contrastive_loss(root=str(root)).weights == first.contrastive_loss
+
+
+def test_two_process_teacher_makes_the_updates_of_one(tmp_path, tokenizer_dir, teacher_dir):
+    """Each process takes its half of the same batch and the gradients are averaged: the weights of one process
+    up to float rounding. The token rows no prompt uses keep their initial values (they never reach an output)."""
+    from safetensors.torch import load_file
+
+    from bench.demo.teacher import build_text_encoder, train_teacher
+
+    two = train_teacher(tmp_path / "two", tokenizer_dir, TINY_TEACHER, processes=2)  # log: picklable
+    assert json.loads((two / "bench_demo.json").read_text())["processes"] == 2
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        one, other = load_file(teacher_dir / part), load_file(two / part)
+        assert one.keys() == other.keys()
+        diff = torch.cat([(other[key] - one[key]).abs().flatten() for key in one])
+        # Adam turns a rounding-level change of a near-zero gradient into a visible step, so a few weights (0.02%
+        # measured) move by up to 1e-4; halves trained without the all-reduce would differ almost everywhere.
+        assert (diff > 1e-6).float().mean() < 1e-3, part
+        assert diff.max() < 1e-3, part
+
+    table = load_file(two / "text_encoder/model.safetensors")["embeddings.token_embedding.weight"]
+    initial = build_text_encoder(TINY_TEACHER).get_input_embeddings().weight.detach()
+    from transformers import CLIPTokenizer
+
+    from bench.demo.data import EMPTY_PROMPT
+    from bench.demo.teacher import tokenize
+
+    used = torch.unique(tokenize(CLIPTokenizer.from_pretrained(tokenizer_dir), list(PROMPTS) + [EMPTY_PROMPT]))
+    unused = torch.ones(len(table), dtype=torch.bool)
+    unused[used] = False
+    assert torch.equal(table[unused], initial[unused])
+    assert not torch.equal(table[used], initial[used])  # the rows the prompts use were trained
+    with pytest.raises(ValueError, match="does not split"):
+        train_teacher(tmp_path / "odd", tokenizer_dir, replace(TINY_TEACHER, batch_size=15), processes=2)

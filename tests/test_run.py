@@ -20,12 +20,12 @@ from bench.config import from_namespace
 from bench.errors import UserError
 from bench.generate import Sampler
 from bench.load import load_model
+from bench.processes import free_port
 from bench.registry import ModelSpec
 from bench.run import build_parser
 from bench.sampling import alphas_cumprod, sample_noise, x0_from_eps
 from bench.suites import RunConfig
 from bench.testing import make_tiny_pipeline
-from bench.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDINS = ["--fid-features", "tests.standins:PixelStats", "--clip-features", "tests.standins:HashedText"]
@@ -243,10 +243,39 @@ def test_two_processes_give_the_same_table(world, tmp_path):
                              *common(world, tmp_path / "double")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((tmp_path / "double" / "manifest.json").read_text())["device"]["processes"] == 2
+    # --processes 2 launches the same two ranks itself.
+    own = subprocess.run([sys.executable, "-m", "bench.run", "--models", models, "--processes", "2",
+                          *common(world, tmp_path / "own")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert own.returncode == 0, own.stderr[-3000:]
     cols = ["model", "n_samples", "fid", "precision", "recall", "clip_score"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "single" / "table.csv")[cols],
-                                  pd.read_csv(tmp_path / "double" / "table.csv")[cols])
+    for run in ("double", "own"):
+        assert json.loads((tmp_path / run / "manifest.json").read_text())["device"]["processes"] == 2
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "single" / "table.csv")[cols],
+                                      pd.read_csv(tmp_path / run / "table.csv")[cols])
+
+
+def test_a_failing_rank_stops_the_others_and_gives_its_exit_code(tmp_path, monkeypatch):
+    from bench.processes import relaunch
+
+    (tmp_path / "ranks.py").write_text(
+        "import os, sys, time\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    sys.exit(3)\n"
+        "time.sleep(600)  # rank 0 would wait for rank 1 forever\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    started = time.time()
+    assert relaunch("ranks", [], 2) == 3
+    assert time.time() - started < 60
+
+
+def test_processes_must_be_positive(capsys):
+    from bench.run import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--suite", "demo", "--processes", "0"])
+    assert exit_info.value.code == 2
+    assert "--processes must be positive" in capsys.readouterr().err
 
 
 def test_markdown_table_puts_the_paper_beside_rows_that_have_one():

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from bench.load import encode_prompts, load_model
+from bench.processes import free_port
 from bench.registry import ModelSpec
 from bench.sampling import alphas_cumprod, onestep_timestep, onestep_x0, sample_noise
 from bench.testing import make_tiny_pipeline, make_tiny_taesd, write_tiny_open_clip
 from distill import probe, train
 from distill.utils import write_real_pairs
-from bench.processes import free_port
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = Path(__file__).resolve().parents[1]

@@ -250,10 +250,10 @@ def train_teacher(out_dir: str | Path, tokenizer_dir: str | Path, config: Teache
                   log=log_stderr, processes: int = 1) -> Path:
     """Train the teacher from scratch and write its pipeline folder (EMA weights) to ``out_dir``.
 
-    ``processes > 1`` splits every batch over that many CPU processes (one thread each, gloo): each draws the
-    whole batch from the same generator, computes the loss of its own slice, and the gradients are averaged, so
-    the updates are those of one process up to float rounding. Writes into ``out_dir`` directly; callers that need
-    atomicity pass a temporary folder and rename it.
+    ``processes > 1`` splits every batch over that many CPU processes (one thread each, gloo; ``log`` must then
+    be picklable): each draws the whole batch from the same generator, computes the loss of its own slice, and
+    the gradients are averaged, so the updates are those of one process up to float rounding. Writes into
+    ``out_dir`` directly; callers that need atomicity pass a temporary folder and rename it.
     """
     if config.batch_size % processes:
         raise ValueError(f"batch size {config.batch_size} does not split over {processes} processes")
