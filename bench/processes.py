@@ -46,3 +46,19 @@ def relaunch(module: str, argv: list[str], processes: int) -> int:
                 rank.terminate()
         for rank in ranks:
             rank.wait()
+
+
+def ran_as_ranks(module: str, argv: list[str], config, state, device: str) -> bool:
+    """When ``config.processes`` > 1 asks for it (a CPU run not already under a launcher, which generates), run
+    ``python -m module argv`` again as that many ranks and return True once they succeed; a failure exits with
+    the ranks' code (they have printed why)."""
+    from bench.errors import UserError
+
+    if config.processes <= 1 or state.num_processes > 1 or config.metrics_only:
+        return False
+    if device != "cpu":
+        raise UserError(f"--processes {config.processes} is for CPU runs: on GPUs use accelerate launch "
+                        f"--num_processes N -m {module} ...")
+    if code := relaunch(module, argv, config.processes):
+        raise SystemExit(code)
+    return True

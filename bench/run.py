@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bench import config as config_cli
 from bench import engine, suites
-from bench.errors import UserError, exit_on_user_error
+from bench.errors import exit_on_user_error
+from bench.processes import ran_as_ranks
 from bench.suites import RunConfig
 
 EPILOG = """examples:
@@ -37,14 +38,7 @@ def run(config: RunConfig, argv: list[str]) -> None:
 
     state, device = engine.start(config)
     suite, config = suites.build(engine.with_device_defaults(config, device))
-    if config.processes > 1 and state.num_processes == 1 and not config.metrics_only:
-        if device != "cpu":
-            raise UserError(f"--processes {config.processes} is for CPU runs: on GPUs use accelerate launch "
-                            "--num_processes N -m bench.run ...")
-        from bench.processes import relaunch
-
-        if code := relaunch("bench.run", argv, config.processes):
-            raise SystemExit(code)  # the ranks have printed why
+    if ran_as_ranks("bench.run", argv, config, state, device):
         return
     engine.run_table(config, suite, state, device)
     if config.models:

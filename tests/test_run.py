@@ -482,3 +482,26 @@ def test_extra_seeds_and_diversity_are_stored_apart_reported_and_recomputed(worl
     report = (tmp_path / "run.md").read_text()
     assert "| one | " in report.split("Per-prompt diversity")[1] and "| multi |" in report
     assert "| one | 3 |" in report.split("Across noise seeds")[1]
+
+
+def test_ranks_are_started_only_for_a_cpu_run_that_generates(monkeypatch):
+    from types import SimpleNamespace
+
+    from bench import processes
+
+    started = []
+    monkeypatch.setattr(processes, "relaunch", lambda module, argv, n: started.append((module, argv, n)) or 0)
+    alone, under_launcher = SimpleNamespace(num_processes=1), SimpleNamespace(num_processes=2)
+    config = RunConfig(suite="demo", processes=2)
+    assert not processes.ran_as_ranks("bench.run", [], dataclasses.replace(config, processes=1), alone, "cpu")
+    assert not processes.ran_as_ranks("bench.run", [], config, under_launcher, "cpu")  # already a rank
+    assert not processes.ran_as_ranks("bench.run", [], dataclasses.replace(config, metrics_only=True), alone, "cpu")
+    assert started == []
+    with pytest.raises(UserError, match="accelerate launch"):
+        processes.ran_as_ranks("bench.sweep_lambda", ["--a", "x"], config, alone, "cuda")
+    assert processes.ran_as_ranks("bench.sweep_lambda", ["--a", "x"], config, alone, "cpu")
+    assert started == [("bench.sweep_lambda", ["--a", "x"], 2)]
+    monkeypatch.setattr(processes, "relaunch", lambda module, argv, n: 3)
+    with pytest.raises(SystemExit) as failed:
+        processes.ran_as_ranks("bench.run", [], config, alone, "cpu")
+    assert failed.value.code == 3
