@@ -125,15 +125,17 @@ def test_demo_suite_lists_students_and_runs_the_sweeps(tiny, monkeypatch):
     monkeypatch.chdir(base)
     _tiny_settings(monkeypatch)
     monkeypatch.setattr(suite, "SWEEPS", (SweepSpec("demo-vsd-full", "demo-vsd-lora-clip", "0,0.5,1"),))
-    run.main(["--suite", "demo", "--quick", "--n", "20", "--batch-size", "10", "--shard-size", "10",
-              "--models", "demo-onestep-init,demo-vsd-full,demo-vsd-lora-clip,demo-merged", "--grid", "2"])
+    # One process: ranks started anew would not see the tiny settings patched into this one.
+    run.main(["--suite", "demo", "--quick", "--n", "20", "--batch-size", "10", "--shard-size", "10", "--processes",
+              "1", "--models", "demo-onestep-init,demo-vsd-full,demo-vsd-lora-clip,demo-merged", "--grid", "2"])
     table = pd.read_csv(base / "results" / "demo-quick" / "table.csv").set_index("model")
     assert {"demo-vsd-full", "demo-vsd-lora-clip", "demo-merged"} <= set(table.index)
     assert not (base / "results" / "demo-quick" / "sweep-demo-vsd-full-demo-vsd-lora-clip").exists()  # --models
 
     # The default run (no --models) adds the sweep; its ends are the students' own rows, and demo.md links it.
     monkeypatch.setattr(suite, "demo_suite", _only(suite.demo_suite, ("demo-vsd-full", "demo-vsd-lora-clip")))
-    run.main(["--suite", "demo", "--quick", "--n", "20", "--batch-size", "10", "--shard-size", "10", "--grid", "2"])
+    run.main(["--suite", "demo", "--quick", "--n", "20", "--batch-size", "10", "--shard-size", "10", "--grid", "2",
+              "--processes", "1"])
     sweep = pd.read_csv(base / "results" / "demo-quick" / "sweep-demo-vsd-full-demo-vsd-lora-clip" / "sweep.csv")
     assert list(sweep["w"]) == [0.0, 0.5, 1.0]
     for w, name in ((0.0, "demo-vsd-full"), (1.0, "demo-vsd-lora-clip")):

@@ -255,18 +255,28 @@ def test_two_processes_give_the_same_table(world, tmp_path):
                                       pd.read_csv(tmp_path / run / "table.csv")[cols])
 
 
-def test_a_failing_rank_stops_the_others_and_gives_its_exit_code(tmp_path, monkeypatch):
+def test_a_failing_rank_stops_the_others_and_gives_its_exit_code(tmp_path, monkeypatch, capfd):
     from bench.processes import relaunch
 
-    (tmp_path / "ranks.py").write_text(
+    (tmp_path / "partner_fails.py").write_text(
         "import os, sys, time\n"
         "if os.environ['RANK'] == '1':\n"
-        "    sys.exit(3)\n"
+        "    sys.exit('rank 1: why it failed')\n"
         "time.sleep(600)  # rank 0 would wait for rank 1 forever\n")
+    (tmp_path / "main_fails.py").write_text(  # rank 0's one line breaks rank 1's barrier: rank 0's line is shown
+        "import os, sys, time\n"
+        "if os.environ['RANK'] == '0':\n"
+        "    sys.exit('bench.run: error: the one line')\n"
+        "time.sleep(0.5)\n"
+        "raise RuntimeError('broken barrier')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     started = time.time()
-    assert relaunch("ranks", [], 2) == 3
+    assert relaunch("partner_fails", [], 2) == 1
     assert time.time() - started < 60
+    assert "rank 1: why it failed" in capfd.readouterr().err
+    assert relaunch("main_fails", [], 2) == 1
+    err = capfd.readouterr().err
+    assert "bench.run: error: the one line" in err and "broken barrier" not in err
 
 
 def test_processes_must_be_positive(capsys):
@@ -501,7 +511,7 @@ def test_ranks_are_started_only_for_a_cpu_run_that_generates(monkeypatch):
         processes.ran_as_ranks("bench.sweep_lambda", ["--a", "x"], config, alone, "cuda")
     assert processes.ran_as_ranks("bench.sweep_lambda", ["--a", "x"], config, alone, "cpu")
     assert started == [("bench.sweep_lambda", ["--a", "x"], 2)]
-    monkeypatch.setattr(processes, "relaunch", lambda module, argv, n: 3)
+    monkeypatch.setattr(processes, "relaunch", lambda module, argv, n: 3)  # the ranks' code
     with pytest.raises(SystemExit) as failed:
         processes.ran_as_ranks("bench.run", [], config, alone, "cpu")
     assert failed.value.code == 3
