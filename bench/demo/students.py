@@ -24,6 +24,8 @@ checkpoint (``.<name>.partial/``). When there are two cores, model A trains (one
 demo-turbo and then model B starts beside A; on one core they run one after the other.
 """
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -216,7 +218,8 @@ def _merge(a: Path, b: Path, final: Path, base: Path, key: dict) -> None:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.time()
-    merge_main([str(a), str(b), "--lam", str(MERGE_LAMBDA), "-o", str(tmp), "--base", str(base)])
+    with contextlib.redirect_stdout(io.StringIO()):  # the command line prints its output folder: a temporary here
+        merge_main([str(a), str(b), "--lam", str(MERGE_LAMBDA), "-o", str(tmp), "--base", str(base)])
     _finish(tmp, final, key, {"artefact": "merged", "seconds": round(time.time() - start, 1)})
     _log(f"merged {a.name} and {b.name} at lambda {MERGE_LAMBDA} -> {final}")
 
@@ -290,9 +293,11 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
 
     merge_key = dict(artefact="merged", lam=MERGE_LAMBDA, a_sha256=file_sha256(_unet_file(paths.vsd_full)),
                      b_sha256=file_sha256(_unet_file(paths.vsd_lora_clip)))
-    if not folder_ready(paths.merged, merge_key):
+    merged_now = not folder_ready(paths.merged, merge_key)
+    if merged_now:
         _merge(paths.vsd_full, paths.vsd_lora_clip, paths.merged, world.teacher, merge_key)
-    _log(f"demo students ready in {paths.root} ({time.time() - begin:.0f} s{', quick' if quick else ''})")
+    if jobs or merged_now:  # a run that found everything says nothing
+        _log(f"demo students ready in {paths.root} ({time.time() - begin:.0f} s{', quick' if quick else ''})")
     return {"demo-vsd-full": paths.vsd_full, "demo-vsd-lora-clip": paths.vsd_lora_clip, "demo-merged": paths.merged}
 
 

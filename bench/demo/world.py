@@ -240,13 +240,19 @@ def ensure_world(root: str | Path = "results/demo", quick: bool = False, turbo: 
     A root holds one variant; asking for the other raises ``UserError``. ``turbo=False`` leaves demo-turbo to
     ``bench.demo.students.ensure_students``, which trains it while model A trains beside it.
     """
-    start = time.time()
+    from bench.demo.teacher import MARKER
+
+    start, paths = time.time(), world_paths(root)
+    found = all(path.exists() for path in (paths.tokenizer, paths.classifier, paths.contrastive,
+                                           paths.contrastive_loss, paths.teacher / MARKER))
     ensure_tokenizer(root)
     ensure_classifier(root, quick)
     ensure_contrastive(root, quick)
     ensure_contrastive(root, quick, loss=True)
     ensure_teacher(root, quick)
     if turbo:
+        found = found and (paths.turbo / MARKER).exists()
         ensure_turbo(root, quick)
-    _log(f"demo world ready in {root} ({time.time() - start:.0f} s{', quick' if quick else ''})")
-    return world_paths(root)
+    if not found:  # a run that found everything says nothing
+        _log(f"demo world ready in {root} ({time.time() - start:.0f} s{', quick' if quick else ''})")
+    return paths
