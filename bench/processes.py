@@ -21,6 +21,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def one_thread_environment() -> dict:
+    """This process's environment for a child ``python -m`` of this project: one thread, and this checkout first on
+    ``PYTHONPATH`` (so the child imports the same code, installed or not)."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def relaunch(module: str, argv: list[str], processes: int) -> int:
     """Run ``python -m module argv`` as ``processes`` ranks; their exit code (the first failure's, if any).
 
@@ -28,11 +36,8 @@ def relaunch(module: str, argv: list[str], processes: int) -> int:
     rank 0 did not (so a bad input is one line, not one line plus a partner's broken-barrier traceback). A rank
     that fails stops the others, so no rank waits at a barrier for a partner that is gone.
     """
-    package_root = str(Path(__file__).resolve().parents[1])  # this checkout, installed or not
-    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": python_path, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    env = {**one_thread_environment(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes)}
     with tempfile.TemporaryDirectory() as logs:
         stderr = [None] + [open(Path(logs) / f"rank{rank}.log", "w+") for rank in range(1, processes)]
         try:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.processes import one_thread_environment
 
 MERGE_LAMBDA = 0.5
 TAU_QUANTILE = 0.25  # the clamp sits at this quantile of the init's cosines under the loss model
@@ -137,9 +138,7 @@ def _start(job: _Job) -> None:
         shutil.rmtree(job.partial)
     job.partial.mkdir(parents=True, exist_ok=True)
     (job.partial / "partial_key.json").write_text(json.dumps(job.key, sort_keys=True))
-    repo = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    env = {**one_thread_environment(), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "distill.train", *job.argv, "--out", str(job.partial), "--resume", "latest"]
     job.started = time.time()
     with open(job.partial / "train.log", "a") as log, open(job.partial / "summary.json", "w") as out:
