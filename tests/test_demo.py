@@ -225,7 +225,7 @@ def _forbid_training(monkeypatch):
         monkeypatch.setattr(module, name, fail)
 
 
-def test_ensure_world_caches_and_refuses_other_settings(tmp_path, tokenizer_dir, monkeypatch):
+def test_ensure_world_caches_and_refuses_other_settings(tmp_path, tokenizer_dir, monkeypatch, capsys):
     import shutil
 
     root = tmp_path / "demo"
@@ -233,6 +233,7 @@ def test_ensure_world_caches_and_refuses_other_settings(tmp_path, tokenizer_dir,
     shutil.copytree(tokenizer_dir, root / "tokenizer")  # saves writing the tokenizer again
     _tiny_settings(monkeypatch)
     first = world.ensure_world(root)
+    assert "demo world ready" in capsys.readouterr().err
     assert first == world.world_paths(root)
     for path in (first.classifier, first.contrastive, first.contrastive_loss):
         assert path.is_file()
@@ -244,6 +245,7 @@ def test_ensure_world_caches_and_refuses_other_settings(tmp_path, tokenizer_dir,
     with monkeypatch.context() as m:
         _forbid_training(m)
         assert world.ensure_world(root) == first
+    assert "ready" not in capsys.readouterr().err  # a run that found everything says nothing
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes
 
     monkeypatch.setattr(world, "teacher_config", lambda quick=False: replace(TINY_TEACHER, steps=4))

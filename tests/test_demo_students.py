@@ -89,7 +89,7 @@ def test_lora_student_records_tau_and_clip_activity(tiny):
     assert (folders["demo-vsd-lora-clip"] / "unet_lora" / "adapter_config.json").exists()
 
 
-def test_second_call_trains_nothing_and_other_settings_are_refused(tiny, monkeypatch):
+def test_second_call_trains_nothing_and_other_settings_are_refused(tiny, monkeypatch, capsys):
     root, folders, _ = tiny
     mtimes = {p: p.stat().st_mtime_ns for p in students.student_paths(root).root.rglob("*")}
 
@@ -98,7 +98,9 @@ def test_second_call_trains_nothing_and_other_settings_are_refused(tiny, monkeyp
 
     monkeypatch.setattr(students, "_start", fail)
     monkeypatch.setattr(students, "_merge", fail)
+    capsys.readouterr()
     assert students.ensure_students(root, quick=True) == folders
+    assert capsys.readouterr() == ("", "")  # nothing trained, nothing said
     assert {p: p.stat().st_mtime_ns for p in students.student_paths(root).root.rglob("*")} == mtimes
     with pytest.raises(UserError, match="other settings"):
         students.ensure_students(root, quick=False)

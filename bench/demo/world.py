@@ -212,7 +212,7 @@ def ensure_teacher(root: str | Path = "results/demo", quick: bool = False) -> Pa
     def train(folder: Path) -> None:
         from bench.demo.teacher import train_teacher
 
-        # Each batch split over two processes on two cores: the same updates, 1.8x faster (docs/demo.md).
+        # Each batch split over two processes on two cores: the same updates, in less time (docs/demo.md).
         train_teacher(folder, ensure_tokenizer(root), config, processes=min(2, os.cpu_count() or 1))
 
     return _ensure_pipeline(path, dict(teacher=asdict(config)), train)
