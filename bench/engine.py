@@ -165,6 +165,7 @@ def generate(model: ModelRun, jobs: list[Job], protocol, extractors: dict, confi
     from tqdm import tqdm
 
     from bench.generate import FeaturePipeline, Sampler
+    from bench.pages import GalleryWriter, gallery_items
 
     main = jobs[0].store
     grid_path, png_folder = main.root / "grid.npz", main.root / "images"
@@ -188,7 +189,13 @@ def generate(model: ModelRun, jobs: list[Job], protocol, extractors: dict, confi
                 continue
             sampler.seed = job.seed
             saver = report.PngWriter(png_folder) if config.save_images and job.kind == "main" else None
-            pipeline = FeaturePipeline(sampler, protocol.to_metric_images, extractors, saver)
+            savers = [saver] if saver else []
+            if job.kind == "main" and config.gallery:  # the report's gallery, kept now instead of made again
+                resolution = thumbnail_resolution(protocol)
+                savers.append(GalleryWriter(gallery_folder(config) / model.spec.name,
+                                            gallery_items(main.n, config.gallery, job.seed),
+                                            partial(thumbnail_images, protocol), resolution))
+            pipeline = FeaturePipeline(sampler, protocol.to_metric_images, extractors, savers)
             work = [(shard, [job.captions[j] for j in indices], indices)
                     for shard in shards for indices in [job.store.shard_indices(shard)]]
             for shard, arrays in pipeline.run_shards(work, config.batch_size, bar.update):
@@ -376,22 +383,38 @@ def illustrate(models: list[ModelRun], specs, per_sample: dict, details: dict, c
     from bench.evaluate import DIVERSITY_SEED
     from bench.pages import thumbnails, wanted
 
-    folder, runs = Path(config.report).with_suffix("") / "gallery", {model.spec.name: model for model in models}
-    resolution = suite.protocol.metric_resolution or 256  # a protocol at native size gets 256 px thumbnails
+    folder, runs = gallery_folder(config), {model.spec.name: model for model in models}
+    resolution = thumbnail_resolution(suite.protocol)
     images = {}
     for spec in specs:
         items = wanted(len(suite.protocol.captions), config.gallery, config.seed, per_sample[spec.name],
                        details[spec.name], config.seed + DIVERSITY_SEED)
         model = runs.get(spec.name) if not config.metrics_only else None
-        make = partial(render, model, config, device, suite.protocol, resolution) if model else None
+        make = partial(render, model, config, device, suite.protocol) if model else None
         images[spec.name] = thumbnails(folder / spec.name, items, make, resolution)
     return images
 
 
-def render(model: ModelRun, config: RunConfig, device: str, protocol, resolution: int, items) -> np.ndarray:
+def gallery_folder(config: RunConfig) -> Path:
+    return Path(config.report).with_suffix("") / "gallery"
+
+
+def thumbnail_resolution(protocol) -> int:
+    return protocol.metric_resolution or 256  # a protocol at native size gets 256 px thumbnails
+
+
+def thumbnail_images(protocol, images: np.ndarray) -> np.ndarray:
+    """Samples (uint8 NHWC) as the report shows them: at the metric resolution, or 256 px."""
+    from bench.protocol import to_metric_images
+
+    if protocol.metric_resolution:
+        return protocol.to_metric_images(images)
+    return to_metric_images(images, thumbnail_resolution(protocol))
+
+
+def render(model: ModelRun, config: RunConfig, device: str, protocol, items) -> np.ndarray:
     """The images of ``items`` (``bench.pages.Item``) at the thumbnails' resolution, loading the model once."""
     from bench.generate import Sampler
-    from bench.protocol import to_metric_images
 
     sampler, out = Sampler(load(model, config, device), seed=config.seed), [None] * len(items)
     for seed in sorted({item.seed for item in items}):
@@ -400,9 +423,7 @@ def render(model: ModelRun, config: RunConfig, device: str, protocol, resolution
         for start in range(0, len(chosen), config.batch_size):
             part = chosen[start:start + config.batch_size]
             images, _ = sampler([protocol.captions[items[k].caption] for k in part], [items[k].index for k in part])
-            small = protocol.to_metric_images(images) if protocol.metric_resolution else to_metric_images(
-                images, resolution)
-            for k, image in zip(part, small):
+            for k, image in zip(part, thumbnail_images(protocol, images)):
                 out[k] = image
     return np.stack(out)
 

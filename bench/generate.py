@@ -188,9 +188,10 @@ class FeaturePipeline:
     ``max_inflight`` batches wait, which bounds host memory.
     """
 
-    def __init__(self, sampler: Sampler, to_metric_images, extractors: dict, saver=None, workers: int = 4,
+    def __init__(self, sampler: Sampler, to_metric_images, extractors: dict, savers=(), workers: int = 4,
                  max_inflight: int = 4):
-        self.sampler, self.to_metric_images, self.extractors, self.saver = sampler, to_metric_images, extractors, saver
+        self.sampler, self.to_metric_images, self.extractors = sampler, to_metric_images, extractors
+        self.savers = tuple(savers)  # each gets ``submit(images, indices)`` (PNGs, gallery thumbnails)
         self.pool = ThreadPoolExecutor(workers)
         self.max_inflight = max_inflight
         self.cuda = sampler.model.device.type == "cuda"
@@ -219,8 +220,8 @@ class FeaturePipeline:
         if done_event is not None:
             done_event.synchronize()
         images, finite = images.numpy(), finite.numpy()
-        if self.saver:
-            self.saver.submit(images, indices)
+        for saver in self.savers:
+            saver.submit(images, indices)
         return {"finite": finite, **self._features(self.to_metric_images(images))}
 
     def _hand_off(self, images: torch.Tensor, finite: torch.Tensor, indices):

@@ -8,6 +8,7 @@ base UNet. Weights are read with safetensors only (``use_safetensors=True``); no
 
 import importlib.metadata
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,12 +143,28 @@ def load_scheduler_config(location: str) -> dict:
 
 
 def load_text(location: str, dtype: torch.dtype = torch.float32):
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", torch_dtype=dtype,
                                                  use_safetensors=True)
-    return tokenizer, text_encoder
+    return load_tokenizer(location), text_encoder
+
+
+def load_tokenizer(location: str):
+    """The ``CLIPTokenizer`` under ``location``'s ``tokenizer/``, parsed once per process while its files are
+    unchanged: parsing CLIP's vocabulary and merges is slow, and a run loads each model several times (its
+    settings, its samples, its thumbnails), while a sweep's points and a suite's students share one tokenizer."""
+    folder = Path(location) / "tokenizer"
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(folder.iterdir())
+                  if f.is_file()) if folder.is_dir() else None
+    return _parsed_tokenizer(str(Path(location).resolve()) if folder.is_dir() else location, stamp)
+
+
+@lru_cache(maxsize=16)
+def _parsed_tokenizer(location: str, stamp: tuple | None):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
 
 
 def load_spec_unet(spec: ModelSpec, dtype: torch.dtype = torch.float32, unet_location: str | None = None,

@@ -30,10 +30,15 @@ def gallery_indices(n: int, count: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, count).round().astype(int).tolist())) if count else []
 
 
+def gallery_items(n: int, gallery: int, seed: int) -> list[Item]:
+    """The gallery subset's samples: the same sample indices (hence noise) for every model."""
+    return [Item(f"{i:08d}", i, i, seed) for i in gallery_indices(n, gallery)]
+
+
 def wanted(n: int, gallery: int, seed: int, per_sample: dict, details: dict, diversity_seed: int) -> list[Item]:
     """The samples a model's page shows: the gallery subset, the lowest-CLIP samples, the seeds of the least and
     most diverse prompts."""
-    items = {f"{i:08d}": Item(f"{i:08d}", i, i, seed) for i in gallery_indices(n, gallery)}
+    items = {item.key: item for item in gallery_items(n, gallery, seed)}
     if "clip_scores" in per_sample:
         for position in np.argsort(per_sample["clip_scores"])[:LOWEST_CLIP]:
             i = int(per_sample["sample_indices"][position])
@@ -48,11 +53,31 @@ def wanted(n: int, gallery: int, seed: int, per_sample: dict, details: dict, div
     return list(items.values())
 
 
+def thumbnail_path(folder: Path, key: str, resolution: int) -> Path:
+    return folder / f"{key}{'.png' if resolution < EMBED_BELOW else '.webp'}"
+
+
+class GalleryWriter:
+    """Saves the thumbnails of ``items`` (one store's samples, by index) as the samples are generated, so that the
+    report finds them instead of generating them again; ``submit`` has ``bench.report.PngWriter``'s signature and
+    runs on the generation's worker threads. ``to_thumbnails`` maps uint8 NHWC samples to the thumbnails'
+    resolution, as the report's own rendering does."""
+
+    def __init__(self, folder: Path, items: list[Item], to_thumbnails, resolution: int):
+        self.paths = {item.index: thumbnail_path(folder, item.key, resolution) for item in items}
+        self.to_thumbnails, self.resolution = to_thumbnails, resolution
+
+    def submit(self, images: np.ndarray, indices) -> None:
+        chosen = [k for k, index in enumerate(indices) if int(index) in self.paths]
+        if chosen:
+            for k, image in zip(chosen, self.to_thumbnails(images[chosen])):
+                save_thumbnail(image, self.paths[int(indices[k])], size=max(self.resolution, 1))
+
+
 def thumbnails(folder: Path, items: list[Item], make_images, resolution: int) -> dict[str, str]:
     """``{key: path}`` of every item's image under ``folder``, making the missing ones with ``make_images(items)``
     (uint8 NHWC at the metric resolution; None when the model cannot be loaded: those stay missing)."""
-    suffix = ".png" if resolution < EMBED_BELOW else ".webp"
-    paths = {item.key: folder / f"{item.key}{suffix}" for item in items}
+    paths = {item.key: thumbnail_path(folder, item.key, resolution) for item in items}
     missing = [item for item in items if not paths[item.key].exists()]
     images = make_images(missing) if missing and make_images else None
     if images is not None:

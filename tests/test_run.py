@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -515,3 +516,36 @@ def test_ranks_are_started_only_for_a_cpu_run_that_generates(monkeypatch):
     with pytest.raises(SystemExit) as failed:
         processes.ran_as_ranks("bench.run", [], config, alone, "cpu")
     assert failed.value.code == 3
+
+
+def test_gallery_thumbnails_are_kept_from_generation(world, tmp_path, monkeypatch):
+    """The page's gallery is saved from the samples as they are made: the report generates again only the samples
+    the gallery does not hold (the lowest CLIP scores), and a kept thumbnail is the image a fresh rendering gives."""
+    from bench import engine
+    from bench.pages import gallery_indices
+    from bench.run import main
+
+    rendered, render = [], engine.render
+
+    def spy(model, config, device, protocol, items):
+        rendered.extend((model.spec.name, item.key) for item in items)
+        return render(model, config, device, protocol, items)
+
+    monkeypatch.setattr(engine, "render", spy)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    args = ["--models", f"one={world['one']},multi={world['multi']}", "--gallery", "6", *common(world, out, n=16)]
+    main(args)
+    gallery, folder = {f"{i:08d}" for i in gallery_indices(16, 6)}, tmp_path / "run" / "gallery"
+    kept = {(model, path.stem): np.asarray(Image.open(path).convert("RGB")).astype(int)
+            for model in ("one", "multi") for path in (folder / model).iterdir()}
+    assert {(model, key) for model in ("one", "multi") for key in gallery} <= set(kept)
+    assert {key for _, key in rendered} and not {key for _, key in rendered} & gallery
+
+    rendered.clear()
+    shutil.rmtree(folder)  # the stores are complete: this run only renders, every thumbnail
+    main(args)
+    assert {(model, key) for model, key in rendered} == set(kept)
+    for (model, key), image in kept.items():
+        again = np.asarray(Image.open(folder / model / f"{key}.webp").convert("RGB")).astype(int)
+        assert np.abs(again - image).mean() < 0.5, (model, key)

@@ -190,7 +190,8 @@ def ours_end_to_end(sampler: Sampler, extractors: dict, args, n: int, batch: int
     pipeline.run(prompts(warm), warm, batch)  # warm-up: compile, autotune
     pipeline.warm(sampler(prompts(warm), warm)[0])  # ... and every worker thread's first forward
     warmup, done = time.perf_counter() - start, 0
-    pipeline.saver = saver = PngWriter(folder / "png") if args.png else None  # after the warm-up: none of its PNGs
+    saver = PngWriter(folder / "png") if args.png else None  # after the warm-up: none of its PNGs
+    pipeline.savers = (saver,) if saver else ()
     with GpuMonitor(model.device) as monitor:
         start = time.perf_counter()
         work = ((shard, prompts(indices), indices) for shard in range(store.num_shards)
@@ -268,11 +269,11 @@ def check_equivalence(plain_model, fast_sampler: Sampler, inception, clip, args,
     plain = {key: np.concatenate(value) for key, value in plain.items()}
     del clip32
 
-    kept = {}  # the fast path's images, through FeaturePipeline's saver hook
+    kept = {}  # the fast path's images, through FeaturePipeline's savers hook
     keep = SimpleNamespace(submit=lambda images, idx: kept.__setitem__(int(idx[0]), images.copy()))
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     pipeline = FeaturePipeline(fast_sampler, to_metric_images,
-                               {"inception": inception, "clip": clip}, keep, workers=args.workers)
+                               {"inception": inception, "clip": clip}, (keep,), workers=args.workers)
     fast = pipeline.run(prompts(indices), indices, batch)
     pipeline.close()
     torch.backends.cudnn.benchmark = False
