@@ -291,3 +291,15 @@ def test_two_process_teacher_makes_the_updates_of_one(tmp_path, tokenizer_dir, t
     assert not torch.equal(table[used], initial[used])  # the rows the prompts use were trained
     with pytest.raises(ValueError, match="does not split"):
         train_teacher(tmp_path / "odd", tokenizer_dir, replace(TINY_TEACHER, batch_size=15), processes=2)
+
+
+def test_pairs_made_by_two_processes_are_those_of_one(teacher_dir):
+    """Each process makes a contiguous share; a pair depends on its index only (its noise and class)."""
+    from bench.demo.regression import RegressionConfig, make_pairs
+
+    config = RegressionConfig(pairs=10, sample_steps=2)
+    one = make_pairs(teacher_dir, config, log=lambda message: None)
+    two = make_pairs(teacher_dir, config, processes=2)
+    assert one["targets"].shape == two["targets"].shape == (10, 1, 8, 8) and two["processes"] == 2
+    torch.testing.assert_close(two["targets"], one["targets"], rtol=0, atol=1e-5)
+    assert not torch.allclose(one["targets"][:5], one["targets"][5:])

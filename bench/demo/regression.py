@@ -38,35 +38,74 @@ class RegressionConfig:
 
 
 @torch.no_grad()
-def teacher_pairs(components: dict, config: RegressionConfig, batch_size: int = 500, log=None):
-    """(noise (N, 1, 8, 8), labels (N,), targets (N, 1, 8, 8) in [-1, 1]); pair i prompts class i % 10."""
+def teacher_pairs(components: dict, config: RegressionConfig, indices: range | None = None, batch_size: int = 500,
+                  log=None) -> torch.Tensor:
+    """The targets (N, 1, 8, 8) in [-1, 1] of pairs ``indices`` (default all): pair i is the teacher's sample from
+    ``pair_noise(config, [i])`` for the prompt of class i % 10."""
     unet, scheduler = components["unet"], components["scheduler"]
     table = encode_prompts(components["tokenizer"], components["text_encoder"], list(PROMPTS) + [EMPTY_PROMPT])
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    labels = torch.arange(config.pairs) % 10
-    noise = sampling.sample_noise(config.pair_seed, range(config.pairs), shape)
+    indices = range(config.pairs) if indices is None else indices
+    noise, labels = pair_noise(config, indices, unet), torch.as_tensor(indices) % 10
     targets, start = [], time.time()
-    for i in range(0, config.pairs, batch_size):
+    for i in range(0, len(indices), batch_size):
         z, label = noise[i:i + batch_size], labels[i:i + batch_size]
         x = sampling.denoise(unet, scheduler, z, table[label], table[[10] * len(label)], config.sample_steps,
                              config.guidance_scale)
         targets.append(x.clamp(-1, 1))  # a training target in image range, as DMD uses the teacher's images
         if log:
-            log(f"regression pairs {min(i + batch_size, config.pairs)}/{config.pairs} ({time.time() - start:.0f} s)")
-    return noise, labels, torch.cat(targets)
+            log(f"regression pairs {min(i + batch_size, len(indices))}/{len(indices)} ({time.time() - start:.0f} s)")
+    return torch.cat(targets)
+
+
+def pair_noise(config: RegressionConfig, indices, unet) -> torch.Tensor:
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return sampling.sample_noise(config.pair_seed, indices, shape)
+
+
+def make_pairs(teacher_dir: str | Path, config: RegressionConfig, processes: int = 1, log=log_stderr) -> dict:
+    """``{"targets", "seconds", "processes"}``: every pair's target, made by ``processes`` CPU processes (one
+    thread each; ``log`` must then be picklable), each taking a contiguous share of the pairs. A pair depends on
+    its index only, so the number of processes moves float rounding, nothing else."""
+    start = time.time()
+    if processes == 1:
+        targets = teacher_pairs(load_components(teacher_dir), config, log=log)
+    else:
+        import tempfile
+
+        import torch.multiprocessing
+        from safetensors.torch import load_file
+
+        with tempfile.TemporaryDirectory() as folder:
+            torch.multiprocessing.spawn(_pairs_rank, nprocs=processes, args=(processes, teacher_dir, config, folder,
+                                                                               log))
+            targets = torch.cat([load_file(Path(folder) / f"{rank}.safetensors")["targets"]
+                                 for rank in range(processes)])
+    seconds = time.time() - start
+    log(f"regression pairs made in {seconds:.0f} s ({processes} process{'es' if processes > 1 else ''})")
+    return {"targets": targets, "seconds": seconds, "processes": processes}
+
+
+def _pairs_rank(rank: int, processes: int, teacher_dir, config: RegressionConfig, folder: str, log) -> None:
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    share = range(rank * config.pairs // processes, (rank + 1) * config.pairs // processes)
+    targets = teacher_pairs(load_components(teacher_dir), config, share, log=log if rank == 0 else None)
+    save_file({"targets": targets.contiguous()}, Path(folder) / f"{rank}.safetensors")
 
 
 def train_regression(teacher_dir: str | Path, out_dir: str | Path, config: RegressionConfig = RegressionConfig(),
-                     log=log_stderr) -> Path:
-    """Make the teacher's pairs, train the one-step student on them, write its pipeline folder to ``out_dir``."""
+                     log=log_stderr, pairs: dict | None = None) -> Path:
+    """Train the one-step student on the teacher's pairs (``make_pairs``'s, made here when not given) and write
+    its pipeline folder to ``out_dir``."""
     from diffusers.training_utils import EMAModel
 
-    start = time.time()
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
+    pairs = pairs or make_pairs(teacher_dir, config, log=log)
+    start = time.time()
     components = load_components(teacher_dir)
-    noise, labels, targets = teacher_pairs(components, config, log=log)
-    pair_seconds = time.time() - start
-    log(f"regression pairs made in {pair_seconds:.0f} s")
+    targets, labels = pairs["targets"], torch.arange(config.pairs) % 10
+    noise = pair_noise(config, range(config.pairs), components["unet"])
 
     with torch.no_grad():
         table = encode_prompts(components["tokenizer"], components["text_encoder"], list(PROMPTS))
@@ -95,7 +134,8 @@ def train_regression(teacher_dir: str | Path, out_dir: str | Path, config: Regre
     shutil.copy2(teacher_dir / "model_index.json", out_dir / "model_index.json")
     seconds = time.time() - start
     marker = dict(artefact="turbo", config=asdict(config), teacher=str(teacher_dir),
-                  pair_seconds=round(pair_seconds, 1), train_seconds=round(seconds - pair_seconds, 1))
+                  pair_seconds=round(pairs["seconds"], 1), pair_processes=pairs["processes"],
+                  train_seconds=round(seconds, 1))
     (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     log(f"regression student trained in {seconds:.0f} s -> {out_dir}")
     return out_dir

@@ -70,7 +70,7 @@ def student_paths(world_root: str | Path = "results/demo") -> DemoStudents:
 
 def full_options(quick: bool = False) -> dict:
     """``distill.train`` options of model A (beside the paths), as TrainConfig field names."""
-    options = dict(_VSD, scheme="full", lr=3e-5, max_steps=300, clip_weight=0.0)
+    options = dict(_VSD, scheme="full", lr=3e-5, max_steps=240, clip_weight=0.0)
     return dict(options, max_steps=3, batch_size=16, fake_updates=2) if quick else options
 
 
@@ -235,8 +235,9 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     Returns ``{"demo-vsd-full": folder, "demo-vsd-lora-clip": folder, "demo-merged": folder}``.
     """
     from bench.demo.data import PROMPTS
+    from bench.demo.regression import make_pairs
     from bench.demo.teacher import MARKER
-    from bench.demo.world import ensure_turbo, folder_ready, world_paths
+    from bench.demo.world import ensure_turbo, folder_ready, regression_config, world_paths
     from bench.hashing import file_sha256
 
     begin = time.time()
@@ -257,6 +258,10 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
 
     jobs = []
     parallel = (os.cpu_count() or 1) >= 2
+    turbo_missing = not (world.turbo / MARKER).exists()
+    pairs = None
+    if turbo_missing and parallel:  # demo-turbo's pairs first, on both cores: its path is the longer one
+        pairs = make_pairs(world.teacher, regression_config(quick), processes=2)
     try:
         if not folder_ready(paths.vsd_full, full_key):
             jobs.append(_Job("demo-vsd-full", paths.vsd_full, paths.root / ".vsd-full.partial", full_key,
@@ -265,8 +270,8 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
             _start(jobs[-1])
             if not parallel:
                 _wait(jobs[-1])
-        if not (world.turbo / MARKER).exists():  # model B's init: trained here (one thread) while A trains
-            ensure_turbo(world_root, quick)
+        if turbo_missing:  # model B's init: trained here (one thread) while A trains
+            ensure_turbo(world_root, quick, pairs=pairs)
         lora_key = dict(artefact="vsd-lora-clip", options=lora, teacher_unet_sha256=teacher_sha, init="turbo",
                         init_unet_sha256=file_sha256(_unet_file(world.turbo)),
                         clip_sha256=file_sha256(world.contrastive_loss), tau_quantile=TAU_QUANTILE)

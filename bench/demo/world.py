@@ -218,7 +218,9 @@ def ensure_teacher(root: str | Path = "results/demo", quick: bool = False) -> Pa
     return _ensure_pipeline(path, dict(teacher=asdict(config)), train)
 
 
-def ensure_turbo(root: str | Path = "results/demo", quick: bool = False) -> Path:
+def ensure_turbo(root: str | Path = "results/demo", quick: bool = False, pairs: dict | None = None) -> Path:
+    """demo-turbo, trained on ``pairs`` (``bench.demo.regression.make_pairs`` of this root's teacher and
+    ``regression_config(quick)``) or on pairs made here."""
     from bench.hashing import file_sha256
 
     teacher = ensure_teacher(root, quick)
@@ -227,7 +229,7 @@ def ensure_turbo(root: str | Path = "results/demo", quick: bool = False) -> Path
     def train(folder: Path) -> None:
         from bench.demo.regression import train_regression
 
-        train_regression(teacher, folder, config)
+        train_regression(teacher, folder, config, pairs=pairs)
 
     key = dict(regression=asdict(config), teacher_unet_sha256=file_sha256(teacher / _PIPELINE_FILES[1]))
     return _ensure_pipeline(path, key, train)
