@@ -20,8 +20,9 @@ Layout of ``<world root>/students``::
 
 Each folder gets ``bench_demo.json`` last (its settings key, timings and training summary), so a second call
 trains nothing and other settings are refused, as for the world. A run that is killed resumes from its last
-checkpoint (``.<name>.partial/``). When there are two cores, model A trains (one thread) while this process trains
-demo-turbo and then model B starts beside A; on one core they run one after the other.
+checkpoint (``.<name>.partial/``). When there are two cores, demo-turbo's pairs are made on both first, then model A
+trains (one thread) while this process trains demo-turbo and then model B starts beside A; on one core they run
+one after the other.
 """
 
 import contextlib
@@ -230,7 +231,8 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     """Train (once) demo-vsd-full and demo-vsd-lora-clip, and merge them into demo-merged.
 
     ``world_root`` must hold the world's teacher and extractors (``bench.demo.world.ensure_world``); a missing
-    demo-turbo is trained here (``ensure_turbo``), in this process while model A trains beside it.
+    demo-turbo is trained here (``ensure_turbo``; its pairs on two processes first), in this process while model A
+    trains beside it.
     ``quick=True`` is the CI variant: 3 steps of each at batch 16, the same code paths (under a minute).
     Returns ``{"demo-vsd-full": folder, "demo-vsd-lora-clip": folder, "demo-merged": folder}``.
     """
