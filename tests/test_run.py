@@ -549,3 +549,18 @@ def test_gallery_thumbnails_are_kept_from_generation(world, tmp_path, monkeypatc
     for (model, key), image in kept.items():
         again = np.asarray(Image.open(folder / model / f"{key}.webp").convert("RGB")).astype(int)
         assert np.abs(again - image).mean() < 0.5, (model, key)
+
+
+def test_tokenizer_is_parsed_once_until_its_files_change(world, tmp_path):
+    import shutil
+
+    from bench.load import load_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(world["one"] / "tokenizer", folder / "tokenizer")
+    first = load_tokenizer(str(folder))
+    assert load_tokenizer(str(folder)) is first and load_tokenizer(str(folder / ".." / "model")) is first
+    written = sorted((folder / "tokenizer").iterdir())[0]  # as when a model is written again in place
+    os.utime(written, ns=(written.stat().st_atime_ns, written.stat().st_mtime_ns + 10**9))
+    again = load_tokenizer(str(folder))
+    assert again is not first and again("a cat").input_ids == first("a cat").input_ids
