@@ -8,8 +8,8 @@ base UNet. Weights are read with safetensors only (``use_safetensors=True``); no
 
 import importlib.metadata
 from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -155,9 +155,11 @@ def load_tokenizer(location: str):
     unchanged: parsing CLIP's vocabulary and merges is slow, and a run loads each model several times (its
     settings, its samples, its thumbnails), while a sweep's points and a suite's students share one tokenizer."""
     folder = Path(location) / "tokenizer"
-    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(folder.iterdir())
-                  if f.is_file()) if folder.is_dir() else None
-    return _parsed_tokenizer(str(Path(location).resolve()) if folder.is_dir() else location, stamp)
+    if not folder.is_dir():  # a Hub id: its cache decides what from_pretrained reads
+        return _parsed_tokenizer(location, None)
+    stats = [(f.name, f.stat()) for f in sorted(folder.iterdir()) if f.is_file()]
+    stamp = tuple((name, stat.st_mtime_ns, stat.st_size) for name, stat in stats)
+    return _parsed_tokenizer(str(Path(location).resolve()), stamp)
 
 
 @lru_cache(maxsize=16)

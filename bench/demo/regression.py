@@ -41,11 +41,11 @@ class RegressionConfig:
 def teacher_pairs(components: dict, config: RegressionConfig, indices: range | None = None, batch_size: int = 500,
                   log=None) -> torch.Tensor:
     """The targets (N, 1, 8, 8) in [-1, 1] of pairs ``indices`` (default all): pair i is the teacher's sample from
-    ``pair_noise(config, [i])`` for the prompt of class i % 10."""
+    the noise ``pair_inputs`` gives it, for the prompt of its class (i % 10)."""
     unet, scheduler = components["unet"], components["scheduler"]
     table = encode_prompts(components["tokenizer"], components["text_encoder"], list(PROMPTS) + [EMPTY_PROMPT])
     indices = range(config.pairs) if indices is None else indices
-    noise, labels = pair_noise(config, indices, unet), torch.as_tensor(indices) % 10
+    noise, labels = pair_inputs(config, indices, unet)
     targets, start = [], time.time()
     for i in range(0, len(indices), batch_size):
         z, label = noise[i:i + batch_size], labels[i:i + batch_size]
@@ -57,18 +57,21 @@ def teacher_pairs(components: dict, config: RegressionConfig, indices: range | N
     return torch.cat(targets)
 
 
-def pair_noise(config: RegressionConfig, indices, unet) -> torch.Tensor:
+def pair_inputs(config: RegressionConfig, indices, unet) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise, class labels) of pairs ``indices``: pair i's noise is drawn from (pair_seed, i), its class is i % 10."""
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    return sampling.sample_noise(config.pair_seed, indices, shape)
+    return sampling.sample_noise(config.pair_seed, indices, shape), torch.as_tensor(indices) % 10
 
 
-def make_pairs(teacher_dir: str | Path, config: RegressionConfig, processes: int = 1, log=log_stderr) -> dict:
+def make_pairs(teacher_dir: str | Path, config: RegressionConfig, processes: int = 1, log=log_stderr,
+               components: dict | None = None) -> dict:
     """``{"targets", "seconds", "processes"}``: every pair's target, made by ``processes`` CPU processes (one
     thread each; ``log`` must then be picklable), each taking a contiguous share of the pairs. A pair depends on
-    its index only, so the number of processes moves float rounding, nothing else."""
+    its index only, so the number of processes moves float rounding, nothing else. One process uses
+    ``components`` when the caller has the teacher loaded already."""
     start = time.time()
     if processes == 1:
-        targets = teacher_pairs(load_components(teacher_dir), config, log=log)
+        targets = teacher_pairs(components or load_components(teacher_dir), config, log=log)
     else:
         import tempfile
 
@@ -101,11 +104,11 @@ def train_regression(teacher_dir: str | Path, out_dir: str | Path, config: Regre
     from diffusers.training_utils import EMAModel
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
-    pairs = pairs or make_pairs(teacher_dir, config, log=log)
-    start = time.time()
     components = load_components(teacher_dir)
-    targets, labels = pairs["targets"], torch.arange(config.pairs) % 10
-    noise = pair_noise(config, range(config.pairs), components["unet"])
+    pairs = pairs or make_pairs(teacher_dir, config, log=log, components=components)
+    start = time.time()
+    targets = pairs["targets"]
+    noise, labels = pair_inputs(config, range(config.pairs), components["unet"])
 
     with torch.no_grad():
         table = encode_prompts(components["tokenizer"], components["text_encoder"], list(PROMPTS))
