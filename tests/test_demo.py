@@ -82,14 +82,14 @@ def test_teacher_folder_loads_component_by_component(teacher_dir):
     scheduler = DDIMScheduler.from_pretrained(teacher_dir / "scheduler")
     vae = PixelAutoencoder.from_pretrained(teacher_dir / "vae")
     assert (teacher_dir / "unet" / "diffusion_pytorch_model.safetensors").exists()
-    assert len(tokenizer) == 49408 and tokenizer.pad_token == "!" and tokenizer.model_max_length == 77
+    assert len(tokenizer) == 49408 and tokenizer.pad_token == "!" and tokenizer.model_max_length == 16
     assert scheduler.config.beta_schedule == "scaled_linear" and scheduler.config.timestep_spacing == "leading"
     assert scheduler.config.steps_offset == 1 and not scheduler.config.set_alpha_to_one
 
     with torch.no_grad():
         cond = encode_prompts(tokenizer, text_encoder, list(PROMPTS[:2]))
         uncond = encode_prompts(tokenizer, text_encoder, ["", ""])
-        assert cond.shape == (2, 77, text_encoder.config.hidden_size)
+        assert cond.shape == (2, 16, text_encoder.config.hidden_size)
         noise = sampling.sample_noise(0, [0, 1], (1, 8, 8))
         abar = sampling.alphas_cumprod(scheduler.config)
         x0 = sampling.onestep_x0(unet, noise, cond, float(abar[999]), 999)

@@ -2,12 +2,12 @@
 
 It is Stable Diffusion 2.1 in miniature, with the same interfaces: a ``UNet2DConditionModel`` predicting
 epsilon under SD's scaled-linear schedule (beta 0.00085 -> 0.012, 1000 steps), conditioned on the
-``last_hidden_state`` of a ``CLIPTextModel`` fed by the real CLIP tokenizer (``padding="max_length"``,
-77 tokens, pad ``"!"``), the empty prompt for classifier-free guidance (10% prompt dropout in training),
-and an EMA of the weights. The text encoder is small (hidden 64, 2 layers, 4 heads) and trained jointly
-with the UNet. The result is saved as a ``StableDiffusionPipeline`` folder (``model_index.json``,
-``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``vae/``) whose ``vae`` is the exact
-``PixelAutoencoder``, so the rest of the project loads it like any model. The recipe and its history:
+``last_hidden_state`` of a ``CLIPTextModel`` fed by the real CLIP tokenizer (``padding="max_length"``, pad
+``"!"``, 16 tokens instead of SD's 77: ``TeacherConfig.context_length``), the empty prompt for classifier-free
+guidance (10% prompt dropout in training), and an EMA of the weights. The text encoder is small (hidden 64, 2
+layers, 4 heads) and trained jointly with the UNet. The result is saved as a ``StableDiffusionPipeline`` folder
+(``model_index.json``, ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``vae/``) whose ``vae`` is
+the exact ``PixelAutoencoder``, so the rest of the project loads it like any model. The recipe and its history:
 ``docs/demo.md``.
 """
 
@@ -40,6 +40,8 @@ class TeacherConfig:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
+    # The prompts take 6 tokens; SD's 77 would make cross-attention a third of every UNet call in the demo.
+    context_length: int = 16
     seed: int = 0
 
 
@@ -72,8 +74,9 @@ def build_text_encoder(config: TeacherConfig):
     torch.manual_seed(config.seed + 1)
     text_config = CLIPTextConfig(
         vocab_size=49408, hidden_size=config.text_hidden, intermediate_size=4 * config.text_hidden,
-        num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads, max_position_embeddings=77,
-        hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=0,
+        num_hidden_layers=config.text_layers, num_attention_heads=config.text_heads,
+        max_position_embeddings=config.context_length, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=0,
     )
     return CLIPTextModel(text_config)
 
@@ -85,7 +88,7 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """(N, 77, hidden) ``encoder_hidden_states``: the text encoder's last hidden state, as SD 2.1 uses it."""
+    """(N, context length, hidden) ``encoder_hidden_states``: the text encoder's last hidden state, as in SD 2.1."""
     ids = tokenize(tokenizer, prompts).to(text_encoder.device)
     return text_encoder(ids)[0]
 
@@ -165,8 +168,10 @@ class UsedRows(torch.nn.Module):
         return table
 
 
-def write_pipeline(out_dir: str | Path, unet, text_encoder, tokenizer_dir: str | Path) -> None:
-    """A ``StableDiffusionPipeline`` folder: model_index.json and unet/ text_encoder/ tokenizer/ scheduler/ vae/."""
+def write_pipeline(out_dir: str | Path, unet, text_encoder, tokenizer_dir: str | Path, context_length: int) -> None:
+    """A ``StableDiffusionPipeline`` folder: model_index.json and unet/ text_encoder/ tokenizer/ scheduler/ vae/.
+
+    The tokenizer is ``tokenizer_dir``'s files with ``model_max_length`` set to the text encoder's context."""
     import diffusers
     from diffusers import DDIMScheduler
 
@@ -177,6 +182,9 @@ def write_pipeline(out_dir: str | Path, unet, text_encoder, tokenizer_dir: str |
     unet.save_pretrained(out_dir / "unet", safe_serialization=True)
     text_encoder.save_pretrained(out_dir / "text_encoder", safe_serialization=True)
     shutil.copytree(tokenizer_dir, out_dir / "tokenizer", dirs_exist_ok=True)
+    tokenizer_config = out_dir / "tokenizer" / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({**json.loads(tokenizer_config.read_text()),
+                                            "model_max_length": context_length}, indent=2) + "\n")
     DDIMScheduler(**scheduler_config()).save_pretrained(out_dir / "scheduler")
     PixelAutoencoder().save_pretrained(out_dir / "vae", safe_serialization=True)
     model_index = {
@@ -287,7 +295,7 @@ def _train_rank(rank: int, processes: int, rendezvous: Path | None, out_dir, tok
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=processes)
     start = time.time()
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=config.context_length)
     unet, text_encoder = build_unet(config), build_text_encoder(config)
     unet.train()
     text_encoder.train()
@@ -324,6 +332,6 @@ def _train_rank(rank: int, processes: int, rendezvous: Path | None, out_dir, tok
         text_encoder.set_input_embeddings(text_encoder.get_input_embeddings().write_back(token_table))
         unet.eval()
         text_encoder.eval()
-        write_pipeline(out_dir, unet, text_encoder, tokenizer_dir)
+        write_pipeline(out_dir, unet, text_encoder, tokenizer_dir, config.context_length)
     if processes > 1:
         dist.destroy_process_group()
