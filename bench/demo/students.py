@@ -71,7 +71,7 @@ def student_paths(world_root: str | Path = "results/demo") -> DemoStudents:
 
 def full_options(quick: bool = False) -> dict:
     """``distill.train`` options of model A (beside the paths), as TrainConfig field names."""
-    options = dict(_VSD, scheme="full", lr=3e-5, max_steps=240, clip_weight=0.0)
+    options = dict(_VSD, scheme="full", lr=3e-5, max_steps=320, clip_weight=0.0)
     return dict(options, max_steps=3, batch_size=16, fake_updates=2) if quick else options
 
 

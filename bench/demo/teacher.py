@@ -30,7 +30,7 @@ MARKER = "bench_demo.json"  # written last into every trained folder: its presen
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
     lr_min: float = 1e-4  # cosine decay ends here
