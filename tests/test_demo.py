@@ -303,3 +303,28 @@ def test_pairs_made_by_two_processes_are_those_of_one(teacher_dir):
     assert one["targets"].shape == two["targets"].shape == (10, 1, 8, 8) and two["processes"] == 2
     torch.testing.assert_close(two["targets"], one["targets"], rtol=0, atol=1e-5)
     assert not torch.allclose(one["targets"][:5], one["targets"][5:])
+
+    first = make_pairs(teacher_dir, config, processes=2, indices=range(6))
+    rest = make_pairs(teacher_dir, config, indices=range(6, 10), log=lambda message: None)
+    torch.testing.assert_close(torch.cat([first["targets"], rest["targets"]]), one["targets"], rtol=0, atol=1e-5)
+
+
+def test_regression_makes_the_pairs_it_is_not_given(teacher_dir, tmp_path):
+    """demo-turbo trained on the first pairs from two processes and the rest made here equals one trained on all
+    pairs made here; the marker records both parts."""
+    from safetensors.torch import load_file
+
+    from bench.demo.regression import RegressionConfig, make_pairs, train_regression
+    from bench.demo.teacher import MARKER
+
+    config = RegressionConfig(pairs=8, sample_steps=2, steps=2, batch_size=4)
+    quiet = lambda message: None  # noqa: E731
+    whole = train_regression(teacher_dir, tmp_path / "whole", config, log=quiet)
+    first = make_pairs(teacher_dir, config, processes=2, indices=range(4))
+    split = train_regression(teacher_dir, tmp_path / "split", config, log=quiet, pairs=first)
+    marker = json.loads((split / MARKER).read_text())
+    assert marker["pair_processes"] == [2, 1] and len(marker["pair_seconds"]) == 2
+    assert json.loads((whole / MARKER).read_text())["pair_processes"] == [1]
+    a, b = (load_file(folder / "unet" / "diffusion_pytorch_model.safetensors") for folder in (whole, split))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)

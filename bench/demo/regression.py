@@ -64,14 +64,14 @@ def pair_inputs(config: RegressionConfig, indices, unet) -> tuple[torch.Tensor, 
 
 
 def make_pairs(teacher_dir: str | Path, config: RegressionConfig, processes: int = 1, log=log_stderr,
-               components: dict | None = None) -> dict:
-    """``{"targets", "seconds", "processes"}``: every pair's target, made by ``processes`` CPU processes (one
-    thread each; ``log`` must then be picklable), each taking a contiguous share of the pairs. A pair depends on
-    its index only, so the number of processes moves float rounding, nothing else. One process uses
-    ``components`` when the caller has the teacher loaded already."""
-    start = time.time()
+               components: dict | None = None, indices: range | None = None) -> dict:
+    """``{"targets", "seconds", "processes"}``: the targets of pairs ``indices`` (default all), made by
+    ``processes`` CPU processes (one thread each; ``log`` must then be picklable), each taking a contiguous share.
+    A pair depends on its index only, so the number of processes moves float rounding, nothing else. One process
+    uses ``components`` when the caller has the teacher loaded already."""
+    start, indices = time.time(), range(config.pairs) if indices is None else indices
     if processes == 1:
-        targets = teacher_pairs(components or load_components(teacher_dir), config, log=log)
+        targets = teacher_pairs(components or load_components(teacher_dir), config, indices, log=log)
     else:
         import tempfile
 
@@ -79,35 +79,43 @@ def make_pairs(teacher_dir: str | Path, config: RegressionConfig, processes: int
         from safetensors.torch import load_file
 
         with tempfile.TemporaryDirectory() as folder:
-            torch.multiprocessing.spawn(_pairs_rank, nprocs=processes, args=(processes, teacher_dir, config, folder,
-                                                                               log))
+            torch.multiprocessing.spawn(_pairs_rank, nprocs=processes, args=(processes, teacher_dir, config, indices,
+                                                                               folder, log))
             targets = torch.cat([load_file(Path(folder) / f"{rank}.safetensors")["targets"]
                                  for rank in range(processes)])
     seconds = time.time() - start
-    log(f"regression pairs made in {seconds:.0f} s ({processes} process{'es' if processes > 1 else ''})")
+    log(f"regression pairs {indices.start}-{indices.stop - 1} made in {seconds:.0f} s "
+        f"({processes} process{'es' if processes > 1 else ''})")
     return {"targets": targets, "seconds": seconds, "processes": processes}
 
 
-def _pairs_rank(rank: int, processes: int, teacher_dir, config: RegressionConfig, folder: str, log) -> None:
+def _pairs_rank(rank: int, processes: int, teacher_dir, config: RegressionConfig, indices: range, folder: str,
+                log) -> None:
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
-    share = range(rank * config.pairs // processes, (rank + 1) * config.pairs // processes)
+    share = indices[rank * len(indices) // processes:(rank + 1) * len(indices) // processes]
     targets = teacher_pairs(load_components(teacher_dir), config, share, log=log if rank == 0 else None)
     save_file({"targets": targets.contiguous()}, Path(folder) / f"{rank}.safetensors")
 
 
 def train_regression(teacher_dir: str | Path, out_dir: str | Path, config: RegressionConfig = RegressionConfig(),
                      log=log_stderr, pairs: dict | None = None) -> Path:
-    """Train the one-step student on the teacher's pairs (``make_pairs``'s, made here when not given) and write
-    its pipeline folder to ``out_dir``."""
+    """Train the one-step student on the teacher's pairs and write its pipeline folder to ``out_dir``.
+
+    ``pairs``: ``make_pairs``'s result for the first pairs (all of them, or a part made on more processes while
+    this one was busy); the pairs it lacks are made here, on this process."""
     from diffusers.training_utils import EMAModel
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     components = load_components(teacher_dir)
-    pairs = pairs or make_pairs(teacher_dir, config, log=log, components=components)
+    parts = [pairs] if pairs else []
+    made = len(pairs["targets"]) if pairs else 0
+    if made < config.pairs:
+        parts.append(make_pairs(teacher_dir, config, log=log, components=components,
+                                indices=range(made, config.pairs)))
     start = time.time()
-    targets = pairs["targets"]
+    targets = torch.cat([part["targets"] for part in parts])
     noise, labels = pair_inputs(config, range(config.pairs), components["unet"])
 
     with torch.no_grad():
@@ -137,7 +145,8 @@ def train_regression(teacher_dir: str | Path, out_dir: str | Path, config: Regre
     shutil.copy2(teacher_dir / "model_index.json", out_dir / "model_index.json")
     seconds = time.time() - start
     marker = dict(artefact="turbo", config=asdict(config), teacher=str(teacher_dir),
-                  pair_seconds=round(pairs["seconds"], 1), pair_processes=pairs["processes"],
+                  pair_seconds=[round(part["seconds"], 1) for part in parts],
+                  pair_processes=[part["processes"] for part in parts],
                   train_seconds=round(seconds, 1))
     (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     log(f"regression student trained in {seconds:.0f} s -> {out_dir}")

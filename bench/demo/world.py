@@ -220,7 +220,7 @@ def ensure_teacher(root: str | Path = "results/demo", quick: bool = False) -> Pa
 
 def ensure_turbo(root: str | Path = "results/demo", quick: bool = False, pairs: dict | None = None) -> Path:
     """demo-turbo, trained on ``pairs`` (``bench.demo.regression.make_pairs`` of this root's teacher and
-    ``regression_config(quick)``) or on pairs made here."""
+    ``regression_config(quick)``, for all pairs or the first ones) and on the pairs made here that it lacks."""
     from bench.hashing import file_sha256
 
     teacher = ensure_teacher(root, quick)
