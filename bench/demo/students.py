@@ -42,8 +42,8 @@ from bench.processes import one_thread_environment
 
 MERGE_LAMBDA = 0.5
 TAU_QUANTILE = 0.25  # the clamp sits at this quantile of the init's cosines under the loss model
-# Model A (about 290 s) against pairs, regression and model B (about 100 + 175 + 65 s): with half of the pairs made
-# on both cores before A starts, the two paths end together (docs/demo.md).
+# The share of demo-turbo's pairs made on both cores before model A starts: it evens out model A's path and the
+# path of the other pairs, the regression and model B (docs/demo.md, "Threads and timing").
 TURBO_PAIRS_FIRST = 0.5
 TAU_SEED = 777  # noise seed of the samples that place tau (not the evaluation's seed 0)
 TAU_SAMPLES_PER_PROMPT = 100

@@ -40,7 +40,7 @@ class TeacherConfig:
     text_hidden: int = 64
     text_layers: int = 2
     text_heads: int = 4
-    # The prompts take 6 tokens; SD's 77 would make cross-attention a third of every UNet call in the demo.
+    # The prompts take 6 tokens: SD's 77 would spend the UNet's cross-attention on pad tokens (docs/demo.md).
     context_length: int = 16
     seed: int = 0
 
