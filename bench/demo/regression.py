@@ -38,13 +38,12 @@ class RegressionConfig:
 
 
 @torch.no_grad()
-def teacher_pairs(components: dict, config: RegressionConfig, indices: range | None = None, batch_size: int = 500,
+def teacher_pairs(components: dict, config: RegressionConfig, indices: range, batch_size: int = 500,
                   log=None) -> torch.Tensor:
-    """The targets (N, 1, 8, 8) in [-1, 1] of pairs ``indices`` (default all): pair i is the teacher's sample from
-    the noise ``pair_inputs`` gives it, for the prompt of its class (i % 10)."""
+    """The targets (N, 1, 8, 8) in [-1, 1] of pairs ``indices``: pair i is the teacher's sample from the noise
+    ``pair_inputs`` gives it, for the prompt of its class (i % 10)."""
     unet, scheduler = components["unet"], components["scheduler"]
     table = encode_prompts(components["tokenizer"], components["text_encoder"], list(PROMPTS) + [EMPTY_PROMPT])
-    indices = range(config.pairs) if indices is None else indices
     noise, labels = pair_inputs(config, indices, unet)
     targets, start = [], time.time()
     for i in range(0, len(indices), batch_size):

@@ -234,8 +234,8 @@ def ensure_students(world_root: str | Path = "results/demo", quick: bool = False
     """Train (once) demo-vsd-full and demo-vsd-lora-clip, and merge them into demo-merged.
 
     ``world_root`` must hold the world's teacher and extractors (``bench.demo.world.ensure_world``); a missing
-    demo-turbo is trained here (``ensure_turbo``; its pairs on two processes first), in this process while model A
-    trains beside it.
+    demo-turbo is trained here (``ensure_turbo``; part of its pairs on two processes first), in this process while
+    model A trains beside it.
     ``quick=True`` is the CI variant: 3 steps of each at batch 16, the same code paths (under a minute).
     Returns ``{"demo-vsd-full": folder, "demo-vsd-lora-clip": folder, "demo-merged": folder}``.
     """
